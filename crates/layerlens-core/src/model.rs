@@ -247,11 +247,12 @@ impl Model {
         selectors: &[S],
         opts: RunOptions,
     ) -> Result<Activations> {
-        let ids = self.graph.select(selectors)?;
+        let named = self.graph.select_named(selectors)?;
+        let ids: Vec<NodeId> = named.iter().map(|(id, _)| *id).collect();
         let plan = self.plans.get(&self.graph, &ids).0;
         let out = self.execute(&plan, inputs, opts, &[])?;
         Ok(Activations::new(
-            self.graph.names(&ids).into_iter().zip(out.values).collect(),
+            named.into_iter().map(|(_, n)| n).zip(out.values).collect(),
         ))
     }
 
@@ -338,8 +339,10 @@ impl Model {
         mode: Mode,
         scalar: impl FnOnce(&Activations) -> Result<Tensor>,
     ) -> Result<Gradients> {
-        let target_ids = self.graph.select(targets)?;
-        let wrt_ids = self.graph.select(wrt)?;
+        let target_named = self.graph.select_named(targets)?;
+        let wrt_named = self.graph.select_named(wrt)?;
+        let target_ids: Vec<NodeId> = target_named.iter().map(|(i, _)| *i).collect();
+        let wrt_ids: Vec<NodeId> = wrt_named.iter().map(|(i, _)| *i).collect();
         let mut request = target_ids.clone();
         request.extend(wrt_ids.iter().filter(|i| !target_ids.contains(i)));
         let plan = self.plans.get(&self.graph, &request).0;

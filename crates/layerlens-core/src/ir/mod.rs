@@ -91,12 +91,28 @@ impl Graph {
     /// Resolves selectors (exact names, globs such as `layer*.conv1`, or `all`)
     /// to node ids, in the order given, without duplicates.
     pub fn select<S: AsRef<str>>(&self, selectors: &[S]) -> Result<Vec<NodeId>> {
-        let mut out: Vec<NodeId> = Vec::new();
+        Ok(self
+            .select_named(selectors)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Like [`select`](Self::select), with the name each node was asked for by:
+    /// an alias given exactly (`layer1.0`) keeps that name, a glob gives node names.
+    pub fn select_named<S: AsRef<str>>(&self, selectors: &[S]) -> Result<Vec<(NodeId, String)>> {
+        let mut out: Vec<(NodeId, String)> = Vec::new();
         for s in selectors {
-            for id in Selector::parse(s.as_ref())?.resolve(self)? {
-                if !out.contains(&id) {
-                    out.push(id);
+            let sel = Selector::parse(s.as_ref())?;
+            for id in sel.resolve(self)? {
+                if out.iter().any(|(i, _)| *i == id) {
+                    continue;
                 }
+                let name = match &sel {
+                    Selector::Exact(name) => name.clone(),
+                    _ => self.nodes[id].name.clone(),
+                };
+                out.push((id, name));
             }
         }
         Ok(out)

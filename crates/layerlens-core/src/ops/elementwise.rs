@@ -100,13 +100,15 @@ impl Concat {
         }
         let rank = shapes[0].rank();
         let a = match resolve_axis(axis, rank + 1) {
-            Some(0) | None => return Err(Error::invalid(
-                node,
-                format!(
+            Some(0) | None => {
+                return Err(Error::invalid(
+                    node,
+                    format!(
                     "cannot concatenate along axis {axis} of {} (the batch axis or out of range)",
                     shapes[0]
                 ),
-            )),
+                ))
+            }
             Some(a) => a - 1,
         };
         let mut out = shapes[0].dims().to_vec();

@@ -262,25 +262,7 @@ impl Model {
     pub fn submodel<S: AsRef<str>>(&self, selectors: &[S]) -> Result<Model> {
         let ids = self.graph.select(selectors)?;
         let g = self.graph.prune(&ids);
-        let used: HashSet<&str> = g
-            .nodes
-            .iter()
-            .map(|n| n.layer.as_str())
-            .chain(g.nodes.iter().map(|n| n.name.as_str()))
-            .collect();
-        let mut live_refs: HashSet<&str> = HashSet::new();
-        for n in &g.nodes {
-            if let OpT::Lambda(l) = &n.op {
-                live_refs.extend(l.weights.iter().map(|w| w.key.as_str()));
-            }
-        }
-        let mut params = ParamStore::new();
-        for (k, p) in self.params.iter() {
-            let scope_hit = used.iter().any(|l| crate::params::key_in_scope(k, l));
-            if scope_hit || live_refs.contains(k) {
-                params.insert_param(k.to_string(), p.clone());
-            }
-        }
+        let params = used_params(&g, &self.params);
         Model::from_parts(g, params, self.device.clone())
     }
 
@@ -417,4 +399,31 @@ impl Model {
         );
         Ok(Gradients { values, grads })
     }
+}
+
+/// The parameters of `params` that the nodes of `g` use: their layers' own
+/// parameters, frozen snapshots and live references. They stay shared.
+pub(crate) fn used_params(g: &Graph, params: &ParamStore) -> ParamStore {
+    let used: HashSet<&str> = g
+        .nodes
+        .iter()
+        .map(|n| n.layer.as_str())
+        .chain(g.nodes.iter().map(|n| n.name.as_str()))
+        .collect();
+    let mut live_refs: HashSet<&str> = HashSet::new();
+    for n in &g.nodes {
+        if let OpT::Lambda(l) = &n.op {
+            live_refs.extend(l.weights.iter().map(|w| w.key.as_str()));
+        }
+    }
+    let mut out = ParamStore::new();
+    for (k, p) in params.iter() {
+        let scope_hit = k
+            .rsplit_once('.')
+            .is_some_and(|(scope, _)| used.contains(scope));
+        if scope_hit || live_refs.contains(k) {
+            out.insert_param(k.to_string(), p.clone());
+        }
+    }
+    out
 }

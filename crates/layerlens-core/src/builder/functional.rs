@@ -118,6 +118,29 @@ impl Functional {
         self
     }
 
+    /// A builder that starts with every node of `model` (same names, shared
+    /// weights), to grow new outputs from its intermediate nodes: the analogue of
+    /// Keras' `Model(model.input, Lambda(f)(model.get_layer("conv2d").output))`.
+    ///
+    /// ```
+    /// use layerlens_core::prelude::*;
+    /// let base = Sequential::new("m", [1, 28, 28]).add(Conv2d::new(8, 3))?.add(Flatten)?.build()?;
+    /// let mut g = Functional::extend(&base);
+    /// let conv = g.get("conv2d")?;
+    /// let mean = g.lambda(Reduce::mean([2, 3]), &[conv], &[])?;
+    /// let m = g.build(&[mean])?;
+    /// assert_eq!(m.graph().nodes().len(), 3, "input, conv2d, lambda: unused nodes are dropped");
+    /// # Ok::<(), layerlens_core::Error>(())
+    /// ```
+    pub fn extend(model: &Model) -> Self {
+        let g = model.graph();
+        let mut f = Functional::new(g.name()).on_device(model.device());
+        f.graph = g.clone();
+        f.graph.outputs.clear();
+        f.params = model.params().clone();
+        f
+    }
+
     /// A builder whose parameters come from `params` (used when loading).
     pub(crate) fn with_params(name: &str, params: ParamStore, device: &Device) -> Self {
         let mut f = Functional::new(name).on_device(device);
@@ -411,7 +434,11 @@ impl Functional {
             }
         }
         self.graph.outputs = ids(outputs);
-        Model::from_parts(self.graph, self.params, self.device)
+        // Nodes no output depends on are dropped (declared inputs stay), and so are
+        // the parameters only they used.
+        let graph = self.graph.prune(&self.graph.outputs);
+        let params = crate::model::used_params(&graph, &self.params);
+        Model::from_parts(graph, params, self.device)
     }
 
     fn push(

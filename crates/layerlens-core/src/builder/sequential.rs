@@ -63,6 +63,7 @@ impl Sequential {
     }
 
     /// Appends a layer with an automatic name.
+    #[allow(clippy::should_implement_trait)] // Keras' name; not an arithmetic `+`.
     pub fn add(mut self, layer: impl Into<Op>) -> Result<Self> {
         self.check_input()?;
         self.last = self.g.add(layer, &[self.last])?;

@@ -131,11 +131,14 @@ impl Graph {
         keep
     }
 
-    /// A copy holding only `outputs` and their ancestors, with `outputs` as the
-    /// graph outputs. Node names and layer scopes are unchanged, so the copy can
-    /// share a parameter store with the original.
+    /// A copy holding only `outputs`, their ancestors and the graph inputs, with
+    /// `outputs` as the graph outputs. Node names and layer scopes are unchanged,
+    /// so the copy can share a parameter store with the original.
     pub fn prune(&self, outputs: &[NodeId]) -> Graph {
-        let keep = self.ancestors(outputs);
+        let mut keep = self.ancestors(outputs);
+        for &i in &self.inputs {
+            keep[i] = true;
+        }
         let mut remap = vec![usize::MAX; self.nodes.len()];
         let mut g = Graph {
             name: self.name.clone(),

@@ -184,7 +184,7 @@ impl CustomOp for L2Normalize {
         Some((|| {
             let s = one_input(ctx)?;
             resolve_axes(ctx.node, &[self.axis], s.rank() + 1)?;
-            if !(self.eps > 0.0) {
+            if self.eps.is_nan() || self.eps <= 0.0 {
                 return Err(Error::invalid(ctx.node, "l2_normalize epsilon must be > 0"));
             }
             Ok(s.clone())

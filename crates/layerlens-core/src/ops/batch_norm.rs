@@ -92,7 +92,7 @@ impl LayerOp for BatchNorm {
                 ),
             ));
         }
-        if !(self.eps > 0.0) || !(0.0..=1.0).contains(&self.momentum) {
+        if self.eps.is_nan() || self.eps <= 0.0 || !(0.0..=1.0).contains(&self.momentum) {
             return Err(Error::invalid(
                 ctx.node,
                 "eps must be > 0 and momentum in [0, 1]",

@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 SRC = Path("/usr/share/datasets/fashion-mnist")
-DST = Path(__file__).resolve().parent.parent / "crates/layerlens/assets/fashion-mnist"
+DST = Path(__file__).resolve().parent.parent / "crates/layerlens-train/assets/fashion-mnist"
 COUNTS = {"train": 2000, "t10k": 500}
 
 

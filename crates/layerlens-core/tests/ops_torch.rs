@@ -152,3 +152,38 @@ fn activations_and_dense_match_pytorch() {
     c("softmax_c").check("act", Activation::Softmax { axis: 1 }, Mode::Eval);
     c("dense").check("fc", Dense::new(4), Mode::Eval);
 }
+
+#[test]
+fn pooling_gradients_match_pytorch() {
+    let fx = fixture("ops/ops.safetensors");
+    let cases: [(&str, Pool2d); 4] = [
+        ("grad_maxpool_2", Pool2d::max(2)),
+        (
+            "grad_maxpool_3s2p1",
+            Pool2d::max(3).stride(2).padding(Padding::symmetric(1)),
+        ),
+        ("grad_avgpool_2", Pool2d::avg(2)),
+        (
+            "grad_avgpool_3s2p1_excl",
+            Pool2d::avg(3)
+                .stride(2)
+                .padding(Padding::symmetric(1))
+                .count_include_pad(false),
+        ),
+    ];
+    for (name, pool) in cases {
+        let c = Case { fx: &fx, name };
+        let x = c.get("x");
+        let r = c.get("r");
+        let mut g = Functional::new(name);
+        let i = g.input("input", Shape::from_tensor_dims(x.dims())).unwrap();
+        let p = g.add_as("pool", pool, &[i]).unwrap();
+        let model = g.build(&[p]).unwrap();
+        let grads = model
+            .gradients(&[x], &["pool"], &["input"], Mode::Eval, |a| {
+                Ok((a.get("pool")? * &r)?.sum_all()?)
+            })
+            .unwrap();
+        assert_close(grads.grads.get("input").unwrap(), &c.get("dx"), F32, name);
+    }
+}

@@ -21,8 +21,10 @@
 //! # Ok::<(), layerlens::Error>(())
 //! ```
 
-pub mod data;
 pub mod zoo;
+
+pub use layerlens_train as train;
+pub use layerlens_train::data;
 
 pub use layerlens_core::*;
 

@@ -128,11 +128,11 @@ impl LayerOp for Pool2d {
         let s = (self.stride[0], self.stride[1]);
         match self.kind {
             PoolKind::Max => pad_hw(x, pads, f32::NEG_INFINITY)
-                .and_then(|p| p.max_pool2d_with_stride(k, s))
+                .and_then(|p| pool_valid(&p, PoolKind::Max, k, s))
                 .at_node(node),
             PoolKind::Avg => {
                 let y = pad_hw(x, pads, 0.0)
-                    .and_then(|p| p.avg_pool2d_with_stride(k, s))
+                    .and_then(|p| pool_valid(&p, PoolKind::Avg, k, s))
                     .at_node(node)?;
                 if self.count_include_pad || pads == [0; 4] {
                     return Ok(y);
@@ -140,7 +140,7 @@ impl LayerOp for Pool2d {
                 // Divide by the number of real (unpadded) cells in each window instead.
                 let ones = Tensor::ones((1, 1, h, w), x.dtype(), x.device()).at_node(node)?;
                 let frac = pad_hw(&ones, pads, 0.0)
-                    .and_then(|p| p.avg_pool2d_with_stride(k, s))
+                    .and_then(|p| pool_valid(&p, PoolKind::Avg, k, s))
                     .at_node(node)?;
                 y.broadcast_div(&frac).at_node(node)
             }
@@ -181,5 +181,74 @@ impl LayerOp for GlobalAvgPool {
         } else {
             x.mean((2, 3)).at_node(ctx.node)
         }
+    }
+}
+
+/// Valid (unpadded) pooling with correct gradients.
+///
+/// candle 0.11's pooling backward has three problems: it upsamples the output
+/// gradient with nearest neighbour to the input size, which puts gradients in
+/// the wrong cells when the size is not a multiple of the stride (11 -> 5 in the
+/// seed CNN); its max-pool gradient is scaled by `ties / k²` instead of
+/// `1 / ties` (a quarter of the true gradient for 2×2 windows); and it refuses
+/// kernel != stride. So, while gradients are tracked, max pooling is built from
+/// reshapes (kernel == stride) or strided views (otherwise) and reduced with
+/// `max`, whose backward is right; average pooling with kernel == stride crops to
+/// the covered region first, which makes candle's backward exact. Without
+/// tracking, candle's fast kernels run. Values are identical on every path.
+pub(crate) fn pool_valid(
+    x: &Tensor,
+    kind: PoolKind,
+    k: (usize, usize),
+    s: (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let oh = (h - k.0) / s.0 + 1;
+    let ow = (w - k.1) / s.1 + 1;
+    let native = |x: &Tensor| match kind {
+        PoolKind::Max => x.max_pool2d_with_stride(k, s),
+        PoolKind::Avg => x.avg_pool2d_with_stride(k, s),
+    };
+    if !x.track_op() {
+        return native(x);
+    }
+    if k == s {
+        let x = if oh * s.0 != h || ow * s.1 != w {
+            x.narrow(2, 0, oh * s.0)?.narrow(3, 0, ow * s.1)?
+        } else {
+            x.clone()
+        };
+        return match kind {
+            PoolKind::Avg => native(&x),
+            PoolKind::Max => x.reshape((n, c, oh, k.0, ow, k.1))?.max(5)?.max(3),
+        };
+    }
+    // Pad so that every strided view below fits; padded cells are never selected.
+    let hp = (s.0 * oh + k.0).max(h);
+    let wp = (s.1 * ow + k.1).max(w);
+    let xp = x
+        .pad_with_zeros(2, 0, hp - h)?
+        .pad_with_zeros(3, 0, wp - w)?;
+    let mut views = Vec::with_capacity(k.0 * k.1);
+    for i in 0..k.0 {
+        // Rows i, i + s, ..., i + s * (oh - 1).
+        let rows = xp
+            .narrow(2, i, s.0 * oh)?
+            .reshape((n, c, oh, s.0, wp))?
+            .narrow(3, 0, 1)?
+            .squeeze(3)?;
+        for j in 0..k.1 {
+            let v = rows
+                .narrow(3, j, s.1 * ow)?
+                .reshape((n, c, oh, ow, s.1))?
+                .narrow(4, 0, 1)?
+                .squeeze(4)?;
+            views.push(v);
+        }
+    }
+    let stacked = Tensor::stack(&views, 0)?;
+    match kind {
+        PoolKind::Max => stacked.max(0),
+        PoolKind::Avg => stacked.mean(0),
     }
 }

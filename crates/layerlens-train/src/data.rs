@@ -1,7 +1,7 @@
 //! Datasets: the idx format of MNIST / Fashion-MNIST, and the small real
 //! Fashion-MNIST subset embedded in the binary for demos and tests.
 
-use layerlens_core::candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor};
 use layerlens_core::{Error, Result};
 use std::io::Read;
 use std::path::Path;
@@ -213,5 +213,178 @@ mod tests {
         assert!(e.to_string().starts_with("y.idx: not an idx1 label file"));
         let e = parse_idx_images("z.gz", &[0x1f, 0x8b, 1, 2, 3]).unwrap_err();
         assert!(e.to_string().starts_with("z.gz: corrupt gzip data"));
+    }
+}
+
+/// A mini-batch: inputs and what the loss compares them with.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `(B, C, H, W)` float32 inputs.
+    pub inputs: Tensor,
+    /// Class labels `(B,)` as u32, when the dataset has them.
+    pub labels: Option<Tensor>,
+}
+
+/// Random access to samples, so the training loop can shuffle and batch.
+pub trait Dataset: Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// Whether there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The samples at `indices`, as one batch.
+    fn batch(&self, indices: &[usize]) -> Result<Batch>;
+}
+
+impl Dataset for LabelledImages {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn batch(&self, indices: &[usize]) -> Result<Batch> {
+        let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::from_vec(idx, indices.len(), self.images.device())?;
+        let labels: Vec<u32> = indices.iter().map(|&i| self.labels[i] as u32).collect();
+        Ok(Batch {
+            inputs: self.images.index_select(&idx, 0)?,
+            labels: Some(Tensor::from_vec(
+                labels,
+                indices.len(),
+                self.images.device(),
+            )?),
+        })
+    }
+}
+
+impl LabelledImages {
+    /// The first `n` samples (all if fewer).
+    pub fn take(&self, n: usize) -> Result<LabelledImages> {
+        let n = n.min(self.len());
+        Ok(LabelledImages {
+            images: self.images.narrow(0, 0, n)?,
+            labels: self.labels[..n].to_vec(),
+        })
+    }
+}
+
+/// Full Fashion-MNIST from Debian's `dataset-fashion-mnist`
+/// (`scripts/install-fashion-mnist.sh` installs it), or a clear error saying how to get it.
+pub fn fashion_mnist(split: Split) -> Result<LabelledImages> {
+    let dir = Path::new(FASHION_MNIST_DIR);
+    if !dir
+        .join(format!("{}-images-idx3-ubyte.gz", split.prefix()))
+        .exists()
+    {
+        return Err(Error::Format {
+            path: FASHION_MNIST_DIR.into(),
+            message: "Fashion-MNIST is not installed: run scripts/install-fashion-mnist.sh (Debian package dataset-fashion-mnist)".into(),
+        });
+    }
+    load_idx_dir(dir, split)
+}
+
+/// Images in one sub-folder per class (`root/cat/1.png`, `root/dog/7.jpg`), class
+/// indices in sorted folder-name order, decoded on demand and resized to a fixed size.
+#[derive(Debug, Clone)]
+pub struct ImageFolder {
+    /// Class names (sub-folder names), sorted.
+    pub classes: Vec<String>,
+    /// `(path, class index)` for every image, sorted by path.
+    pub samples: Vec<(std::path::PathBuf, u8)>,
+    /// Channels: 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+    /// Output `(height, width)`.
+    pub size: (usize, usize),
+}
+
+impl ImageFolder {
+    /// Indexes `root`; files other than PNG and JPEG are ignored.
+    pub fn open(root: impl AsRef<Path>, channels: usize, size: (usize, usize)) -> Result<Self> {
+        let root = root.as_ref();
+        let io = |p: &Path, e| Error::Io {
+            path: p.display().to_string(),
+            source: e,
+        };
+        if channels != 1 && channels != 3 {
+            return Err(Error::invalid(
+                "image folder",
+                format!("channels must be 1 or 3, got {channels}"),
+            ));
+        }
+        let mut classes = Vec::new();
+        for entry in std::fs::read_dir(root).map_err(|e| io(root, e))? {
+            let entry = entry.map_err(|e| io(root, e))?;
+            if entry.path().is_dir() {
+                classes.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        classes.sort();
+        if classes.is_empty() || classes.len() > 256 {
+            return Err(Error::Format {
+                path: root.display().to_string(),
+                message: format!(
+                    "expected 1 to 256 class sub-folders, found {}",
+                    classes.len()
+                ),
+            });
+        }
+        let mut samples = Vec::new();
+        for (ci, c) in classes.iter().enumerate() {
+            let dir = root.join(c);
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .map_err(|e| io(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                    })
+                })
+                .collect();
+            files.sort();
+            samples.extend(files.into_iter().map(|p| (p, ci as u8)));
+        }
+        Ok(ImageFolder {
+            classes,
+            samples,
+            channels,
+            size,
+        })
+    }
+
+    /// Decodes one image to `(C, H, W)` float32 in `[0, 1]`.
+    pub fn load(&self, path: &Path) -> Result<Tensor> {
+        let img = image::open(path).map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            message: format!("cannot decode image: {e}"),
+        })?;
+        let (h, w) = self.size;
+        let img = img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
+        let (data, c) = if self.channels == 1 {
+            (img.to_luma8().into_raw(), 1)
+        } else {
+            (img.to_rgb8().into_raw(), 3)
+        };
+        let px: Vec<f32> = data.iter().map(|&v| v as f32 / 255.0).collect();
+        // HWC -> CHW.
+        Ok(Tensor::from_vec(px, (h, w, c), &Device::Cpu)?
+            .permute((2, 0, 1))?
+            .contiguous()?)
+    }
+}
+
+impl Dataset for ImageFolder {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+    fn batch(&self, indices: &[usize]) -> Result<Batch> {
+        let imgs = indices
+            .iter()
+            .map(|&i| self.load(&self.samples[i].0))
+            .collect::<Result<Vec<_>>>()?;
+        let labels: Vec<u32> = indices.iter().map(|&i| self.samples[i].1 as u32).collect();
+        Ok(Batch {
+            inputs: Tensor::stack(&imgs, 0)?,
+            labels: Some(Tensor::from_vec(labels, indices.len(), &Device::Cpu)?),
+        })
     }
 }

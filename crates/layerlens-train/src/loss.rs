@@ -1,0 +1,236 @@
+//! Losses as weighted sums of terms over any tapped activations:
+//!
+//! ```
+//! use layerlens_train::loss::Loss;
+//! // Seed 002 example 3: cross-entropy on the logits plus 0.1 × the mean square of
+//! // the first convolution's output.
+//! let loss = Loss::cross_entropy("dense") + 0.1 * Loss::mean_square("conv2d");
+//! assert_eq!(loss.taps(), vec!["dense", "conv2d"]);
+//! ```
+
+use candle_core::{DType, Tensor, D};
+use layerlens_core::{Activations, Error, Result};
+use std::ops::{Add, Mul};
+
+/// One term of a loss.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Term {
+    /// Mean softmax cross-entropy of logits against class labels (PyTorch `F.cross_entropy`).
+    CrossEntropy {
+        /// The logits node.
+        node: String,
+    },
+    /// Mean categorical cross-entropy of probabilities against class labels, with
+    /// Keras' clipping of probabilities to `[1e-7, 1 - 1e-7]`.
+    CategoricalCrossEntropy {
+        /// The probabilities node (after softmax).
+        node: String,
+    },
+    /// Mean squared error against a target given with the batch.
+    Mse {
+        /// The prediction node.
+        node: String,
+    },
+    /// `mean(x²)` of an activation (a penalty on intermediate activations).
+    MeanSquare {
+        /// The node.
+        node: String,
+    },
+    /// Keras' `activity_regularizer=l2(1)`: `sum(x²) / batch`.
+    ActivityL2 {
+        /// The node.
+        node: String,
+    },
+    /// Keras' `activity_regularizer=l1(1)`: `sum(|x|) / batch`.
+    ActivityL1 {
+        /// The node.
+        node: String,
+    },
+}
+
+impl Term {
+    fn node(&self) -> &str {
+        match self {
+            Term::CrossEntropy { node }
+            | Term::CategoricalCrossEntropy { node }
+            | Term::Mse { node }
+            | Term::MeanSquare { node }
+            | Term::ActivityL2 { node }
+            | Term::ActivityL1 { node } => node,
+        }
+    }
+
+    fn label(&self) -> String {
+        let kind = match self {
+            Term::CrossEntropy { .. } => "cross_entropy",
+            Term::CategoricalCrossEntropy { .. } => "categorical_crossentropy",
+            Term::Mse { .. } => "mse",
+            Term::MeanSquare { .. } => "mean_square",
+            Term::ActivityL2 { .. } => "activity_l2",
+            Term::ActivityL1 { .. } => "activity_l1",
+        };
+        format!("{kind}({})", self.node())
+    }
+}
+
+/// What the loss compares predictions with.
+#[derive(Debug, Clone, Copy)]
+pub struct Targets<'a> {
+    /// Class labels `(B,)` (u32).
+    pub labels: Option<&'a Tensor>,
+    /// Regression targets, same shape as the prediction.
+    pub values: Option<&'a Tensor>,
+}
+
+/// A weighted sum of [`Term`]s.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Loss {
+    /// `(weight, term)` pairs.
+    pub terms: Vec<(f64, Term)>,
+}
+
+impl Loss {
+    fn one(t: Term) -> Self {
+        Loss {
+            terms: vec![(1.0, t)],
+        }
+    }
+    /// Cross-entropy from logits.
+    pub fn cross_entropy(node: &str) -> Self {
+        Self::one(Term::CrossEntropy { node: node.into() })
+    }
+    /// Categorical cross-entropy from probabilities.
+    pub fn categorical_crossentropy(node: &str) -> Self {
+        Self::one(Term::CategoricalCrossEntropy { node: node.into() })
+    }
+    /// Mean squared error.
+    pub fn mse(node: &str) -> Self {
+        Self::one(Term::Mse { node: node.into() })
+    }
+    /// Mean of squares of an activation.
+    pub fn mean_square(node: &str) -> Self {
+        Self::one(Term::MeanSquare { node: node.into() })
+    }
+    /// Keras-style L2 activity regularisation of a layer.
+    pub fn activity_l2(node: &str) -> Self {
+        Self::one(Term::ActivityL2 { node: node.into() })
+    }
+    /// Keras-style L1 activity regularisation of a layer.
+    pub fn activity_l1(node: &str) -> Self {
+        Self::one(Term::ActivityL1 { node: node.into() })
+    }
+
+    /// The nodes the loss reads, in first-use order.
+    pub fn taps(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for (_, t) in &self.terms {
+            if !out.contains(&t.node()) {
+                out.push(t.node());
+            }
+        }
+        out
+    }
+
+    /// The total (a scalar tensor that can be differentiated) and each weighted
+    /// term's value.
+    pub fn compute(
+        &self,
+        acts: &Activations,
+        targets: Targets,
+    ) -> Result<(Tensor, Vec<(String, f32)>)> {
+        if self.terms.is_empty() {
+            return Err(Error::invalid("loss", "a loss needs at least one term"));
+        }
+        let mut total: Option<Tensor> = None;
+        let mut parts = Vec::with_capacity(self.terms.len());
+        for (w, term) in &self.terms {
+            let x = acts.get(term.node())?;
+            let v = term_value(term, x, targets)?;
+            let weighted = (v * *w)?;
+            parts.push((
+                format!("{w}*{}", term.label()),
+                weighted.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            ));
+            total = Some(match total {
+                None => weighted,
+                Some(t) => (t + weighted)?,
+            });
+        }
+        Ok((total.expect("at least one term"), parts))
+    }
+}
+
+fn labels_for<'a>(term: &Term, x: &Tensor, targets: Targets<'a>) -> Result<&'a Tensor> {
+    let y = targets.labels.ok_or_else(|| {
+        Error::invalid(
+            term.node(),
+            format!("{} needs class labels, the batch has none", term.label()),
+        )
+    })?;
+    if x.rank() != 2 || y.dims() != [x.dim(0)?] {
+        return Err(Error::shape(
+            term.node(),
+            format!(
+                "{} expects (N, classes) predictions and (N,) labels, got {:?} and {:?}",
+                term.label(),
+                x.dims(),
+                y.dims()
+            ),
+        ));
+    }
+    Ok(y)
+}
+
+fn term_value(term: &Term, x: &Tensor, targets: Targets) -> Result<Tensor> {
+    let batch = x.dim(0)? as f64;
+    Ok(match term {
+        Term::CrossEntropy { .. } => {
+            let y = labels_for(term, x, targets)?;
+            let logp = candle_core::Tensor::log_sum_exp(x, D::Minus1)?;
+            let picked = x.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
+            (logp - picked)?.mean_all()?
+        }
+        Term::CategoricalCrossEntropy { .. } => {
+            let y = labels_for(term, x, targets)?;
+            let p = x.clamp(1e-7f32, 1.0 - 1e-7f32)?;
+            let picked = p.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
+            picked.log()?.neg()?.mean_all()?
+        }
+        Term::Mse { .. } => {
+            let t = targets.values.ok_or_else(|| {
+                Error::invalid(
+                    term.node(),
+                    "mse needs regression targets, the batch has none",
+                )
+            })?;
+            if t.dims() != x.dims() {
+                return Err(Error::shape(
+                    term.node(),
+                    format!("mse: prediction {:?} vs target {:?}", x.dims(), t.dims()),
+                ));
+            }
+            (x - t)?.sqr()?.mean_all()?
+        }
+        Term::MeanSquare { .. } => x.sqr()?.mean_all()?,
+        Term::ActivityL2 { .. } => (x.sqr()?.sum_all()? / batch)?,
+        Term::ActivityL1 { .. } => (x.abs()?.sum_all()? / batch)?,
+    })
+}
+
+impl Add for Loss {
+    type Output = Loss;
+    fn add(mut self, rhs: Loss) -> Loss {
+        self.terms.extend(rhs.terms);
+        self
+    }
+}
+
+impl Mul<Loss> for f64 {
+    type Output = Loss;
+    fn mul(self, mut rhs: Loss) -> Loss {
+        for (w, _) in &mut rhs.terms {
+            *w *= self;
+        }
+        rhs
+    }
+}

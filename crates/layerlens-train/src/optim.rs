@@ -1,0 +1,279 @@
+//! Optimisers with PyTorch's update rules (so a step can be checked against
+//! PyTorch to 1e-4) and learning-rate schedules. candle-nn has plain SGD and
+//! AdamW only, without momentum, L2-style Adam or access to the state needed to
+//! resume from a checkpoint, hence these.
+
+use candle_core::{Tensor, Var};
+use layerlens_core::{Error, ParamStore, Result};
+use std::collections::{BTreeMap, HashMap};
+
+/// Updates parameters from their gradients.
+pub trait Optimizer {
+    /// One update. `grads` maps parameter keys to gradients; parameters without a
+    /// gradient are left alone.
+    fn step(&mut self, grads: &BTreeMap<String, Tensor>) -> Result<()>;
+    /// The current learning rate.
+    fn lr(&self) -> f64;
+    /// Sets the learning rate (schedules call this).
+    fn set_lr(&mut self, lr: f64);
+    /// The optimiser's state tensors, for checkpoints.
+    fn state(&self) -> Result<HashMap<String, Tensor>>;
+    /// Restores state saved by [`state`](Self::state).
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+}
+
+fn vars(params: &ParamStore) -> Vec<(String, Var)> {
+    params.trainable_vars()
+}
+
+/// SGD with momentum, dampening-free, optional Nesterov, and L2 weight decay
+/// (PyTorch's `torch.optim.SGD`).
+pub struct Sgd {
+    vars: Vec<(String, Var)>,
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum factor (0 for plain SGD).
+    pub momentum: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    buf: HashMap<String, Tensor>,
+}
+
+impl Sgd {
+    /// SGD over the trainable parameters of `params`.
+    pub fn new(params: &ParamStore, lr: f64) -> Self {
+        Sgd {
+            vars: vars(params),
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            buf: HashMap::new(),
+        }
+    }
+    /// Sets momentum.
+    pub fn momentum(mut self, m: f64) -> Self {
+        self.momentum = m;
+        self
+    }
+    /// Sets weight decay.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+    /// Enables Nesterov momentum.
+    pub fn nesterov(mut self, n: bool) -> Self {
+        self.nesterov = n;
+        self
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &BTreeMap<String, Tensor>) -> Result<()> {
+        for (key, var) in &self.vars {
+            let Some(g) = grads.get(key) else { continue };
+            let p = var.as_tensor();
+            let mut g = if self.weight_decay != 0.0 {
+                (g + (p * self.weight_decay)?)?
+            } else {
+                g.clone()
+            };
+            if self.momentum != 0.0 {
+                let b = match self.buf.get(key) {
+                    Some(b) => ((b * self.momentum)? + &g)?,
+                    None => g.clone(),
+                };
+                g = if self.nesterov {
+                    (&g + (&b * self.momentum)?)?
+                } else {
+                    b.clone()
+                };
+                self.buf.insert(key.clone(), b);
+            }
+            var.set(&(p - (g * self.lr)?)?)?;
+        }
+        Ok(())
+    }
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        Ok(self
+            .buf
+            .iter()
+            .map(|(k, v)| (format!("momentum.{k}"), v.clone()))
+            .collect())
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.buf = state
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("momentum.")
+                    .map(|k| (k.to_string(), v.clone()))
+            })
+            .collect();
+        Ok(())
+    }
+}
+
+/// Adam (`torch.optim.Adam`, L2 weight decay added to the gradient) or AdamW
+/// (`torch.optim.AdamW`, decoupled weight decay).
+pub struct Adam {
+    vars: Vec<(String, Var)>,
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator epsilon.
+    pub eps: f64,
+    /// Weight decay (L2 for Adam, decoupled for AdamW).
+    pub weight_decay: f64,
+    decoupled: bool,
+    t: u64,
+    m: HashMap<String, Tensor>,
+    v: HashMap<String, Tensor>,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay).
+    pub fn new(params: &ParamStore, lr: f64) -> Self {
+        Adam {
+            vars: vars(params),
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            t: 0,
+            m: HashMap::new(),
+            v: HashMap::new(),
+        }
+    }
+    /// AdamW with PyTorch's defaults (weight decay 0.01).
+    pub fn adamw(params: &ParamStore, lr: f64) -> Self {
+        Adam {
+            decoupled: true,
+            weight_decay: 0.01,
+            ..Adam::new(params, lr)
+        }
+    }
+    /// Sets weight decay.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &BTreeMap<String, Tensor>) -> Result<()> {
+        self.t += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        for (key, var) in &self.vars {
+            let Some(g) = grads.get(key) else { continue };
+            let mut p = var.as_tensor().clone();
+            let mut g = g.clone();
+            if self.weight_decay != 0.0 {
+                if self.decoupled {
+                    p = (&p * (1.0 - self.lr * self.weight_decay))?;
+                } else {
+                    g = (g + (&p * self.weight_decay)?)?;
+                }
+            }
+            let m = match self.m.get(key) {
+                Some(m) => ((m * self.beta1)? + (&g * (1.0 - self.beta1))?)?,
+                None => (&g * (1.0 - self.beta1))?,
+            };
+            let v = match self.v.get(key) {
+                Some(v) => ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?,
+                None => (g.sqr()? * (1.0 - self.beta2))?,
+            };
+            let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
+            let update = ((&m / bc1)? / denom)?;
+            var.set(&(p - (update * self.lr)?)?)?;
+            self.m.insert(key.clone(), m);
+            self.v.insert(key.clone(), v);
+        }
+        Ok(())
+    }
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut s: HashMap<String, Tensor> = HashMap::new();
+        for (k, t) in &self.m {
+            s.insert(format!("m.{k}"), t.clone());
+        }
+        for (k, t) in &self.v {
+            s.insert(format!("v.{k}"), t.clone());
+        }
+        s.insert(
+            "t".into(),
+            Tensor::new(&[self.t as f32], &candle_core::Device::Cpu)?,
+        );
+        Ok(s)
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let t = state
+            .get("t")
+            .ok_or_else(|| Error::invalid("optimizer", "checkpoint has no Adam step count 't'"))?;
+        self.t = t.to_vec1::<f32>()?[0] as u64;
+        let pick = |p: &str| {
+            state
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(p).map(|k| (k.to_string(), v.clone())))
+                .collect()
+        };
+        self.m = pick("m.");
+        self.v = pick("v.");
+        Ok(())
+    }
+}
+
+/// Learning rate as a function of the epoch (0-based).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrSchedule {
+    /// Always the base rate.
+    Constant,
+    /// Multiply by `gamma` every `step_size` epochs (`torch.optim.lr_scheduler.StepLR`).
+    Step {
+        /// Epochs between decays.
+        step_size: usize,
+        /// Decay factor.
+        gamma: f64,
+    },
+    /// Cosine annealing from the base rate to `eta_min` over `t_max` epochs (`CosineAnnealingLR`).
+    Cosine {
+        /// Epochs of one half cosine.
+        t_max: usize,
+        /// Final rate.
+        eta_min: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The rate for `epoch` given the base rate.
+    pub fn lr(&self, base: f64, epoch: usize) -> f64 {
+        match *self {
+            LrSchedule::Constant => base,
+            LrSchedule::Step { step_size, gamma } => {
+                base * gamma.powi((epoch / step_size.max(1)) as i32)
+            }
+            LrSchedule::Cosine { t_max, eta_min } => {
+                let t = (epoch.min(t_max)) as f64 / t_max.max(1) as f64;
+                eta_min + (base - eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
+    }
+}

@@ -170,11 +170,19 @@ impl ParamStore {
             .collect()
     }
 
-    /// Gradients of the trainable parameters found in a candle gradient store.
+    /// Gradients of the parameters found in a candle gradient store, detached.
+    ///
+    /// candle's gradients can still be attached to the forward graph (a kernel's
+    /// gradient is computed from tracked activations); an optimiser that kept
+    /// them in its state would keep every step's graph alive.
     pub fn grads(&self, store: &candle_core::backprop::GradStore) -> BTreeMap<String, Tensor> {
         self.map
             .iter()
-            .filter_map(|(k, p)| store.get(p.var.as_tensor()).map(|g| (k.clone(), g.clone())))
+            .filter_map(|(k, p)| {
+                store
+                    .get(p.var.as_tensor())
+                    .map(|g| (k.clone(), g.detach()))
+            })
             .collect()
     }
 

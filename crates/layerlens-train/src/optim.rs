@@ -73,8 +73,10 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &BTreeMap<String, Tensor>) -> Result<()> {
         for (key, var) in &self.vars {
-            let Some(g) = grads.get(key) else { continue };
-            let p = var.as_tensor();
+            let Some(g) = grads.get(key).map(Tensor::detach) else {
+                continue;
+            };
+            let p = &var.as_detached_tensor();
             let mut g = if self.weight_decay != 0.0 {
                 (g + (p * self.weight_decay)?)?
             } else {
@@ -178,8 +180,10 @@ impl Optimizer for Adam {
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         for (key, var) in &self.vars {
-            let Some(g) = grads.get(key) else { continue };
-            let mut p = var.as_tensor().clone();
+            let Some(g) = grads.get(key).map(Tensor::detach) else {
+                continue;
+            };
+            let mut p = var.as_detached_tensor();
             let mut g = g.clone();
             if self.weight_decay != 0.0 {
                 if self.decoupled {

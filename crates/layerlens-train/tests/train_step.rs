@@ -124,3 +124,29 @@ fn sgd_momentum_nesterov_and_adamw_match_pytorch() {
     step(&m, &fx, &mut adamw);
     check_params(&m, &fx, "adamw2");
 }
+
+#[test]
+fn optimiser_state_and_gradients_hold_no_autograd_graph() {
+    // candle returns parameter gradients still attached to the forward graph; if an
+    // optimiser kept them, every step's graph would stay alive (a real leak of
+    // ~165 MB/s on Fashion-MNIST before this was fixed).
+    let fx = fixture();
+    let m = seed_cnn(&fx);
+    let mut opt = Adam::new(m.params(), 1e-3);
+    let (_, grads) = step(&m, &fx, &mut opt);
+    step(&m, &fx, &mut opt);
+    assert!(
+        grads.values().all(|g| !g.track_op()),
+        "gradients are detached"
+    );
+    assert!(
+        opt.state().unwrap().values().all(|t| !t.track_op()),
+        "Adam state is detached"
+    );
+    let mut sgd = Sgd::new(m.params(), 0.01).momentum(0.9);
+    step(&m, &fx, &mut sgd);
+    assert!(
+        sgd.state().unwrap().values().all(|t| !t.track_op()),
+        "SGD momentum is detached"
+    );
+}

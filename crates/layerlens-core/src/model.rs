@@ -52,6 +52,10 @@ impl Activations {
     pub(crate) fn new(entries: Vec<(String, Tensor)>) -> Self {
         Activations { entries }
     }
+    /// Activations from `(name, tensor)` pairs.
+    pub fn from_pairs(entries: Vec<(String, Tensor)>) -> Self {
+        Activations { entries }
+    }
     /// The activation of `name`, or an error listing the names present.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         self.entries

@@ -223,6 +223,8 @@ pub struct Batch {
     pub inputs: Tensor,
     /// Class labels `(B,)` as u32, when the dataset has them.
     pub labels: Option<Tensor>,
+    /// Regression targets (for an MSE loss), when the dataset has them.
+    pub values: Option<Tensor>,
 }
 
 /// Random access to samples, so the training loop can shuffle and batch.
@@ -252,6 +254,7 @@ impl Dataset for LabelledImages {
                 indices.len(),
                 self.images.device(),
             )?),
+            values: None,
         })
     }
 }
@@ -263,6 +266,30 @@ impl LabelledImages {
         Ok(LabelledImages {
             images: self.images.narrow(0, 0, n)?,
             labels: self.labels[..n].to_vec(),
+        })
+    }
+}
+
+/// Inputs with regression targets (for losses such as MSE), all in memory.
+#[derive(Debug, Clone)]
+pub struct Regression {
+    /// `(N, ...)` inputs.
+    pub inputs: Tensor,
+    /// `(N, ...)` targets.
+    pub targets: Tensor,
+}
+
+impl Dataset for Regression {
+    fn len(&self) -> usize {
+        self.inputs.dim(0).unwrap_or(0)
+    }
+    fn batch(&self, indices: &[usize]) -> Result<Batch> {
+        let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::from_vec(idx, indices.len(), self.inputs.device())?;
+        Ok(Batch {
+            inputs: self.inputs.index_select(&idx, 0)?,
+            labels: None,
+            values: Some(self.targets.index_select(&idx, 0)?),
         })
     }
 }
@@ -385,6 +412,7 @@ impl Dataset for ImageFolder {
         Ok(Batch {
             inputs: Tensor::stack(&imgs, 0)?,
             labels: Some(Tensor::from_vec(labels, indices.len(), &Device::Cpu)?),
+            values: None,
         })
     }
 }

@@ -6,7 +6,7 @@ use crate::data::{Batch, Dataset};
 use crate::loss::{Loss, Targets};
 use crate::optim::{LrSchedule, Optimizer};
 use candle_core::{DType, Tensor};
-use layerlens_core::{Error, Model, Result, RunOptions};
+use layerlens_core::{Activations, Error, Model, Result, RunOptions};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::HashMap;
@@ -146,7 +146,7 @@ pub fn evaluate(
             &acts,
             Targets {
                 labels: b.labels.as_ref(),
-                values: None,
+                values: b.values.as_ref(),
             },
         )?;
         total += l.to_scalar::<f32>()? as f64 * chunk.len() as f64;
@@ -164,26 +164,48 @@ pub fn evaluate(
     })
 }
 
-/// One optimisation step on a batch; returns the loss and its weighted terms.
+/// What one optimisation step produced.
+#[derive(Debug)]
+pub struct StepOutput {
+    /// The total loss.
+    pub loss: f32,
+    /// Each weighted term's value.
+    pub terms: Vec<(String, f32)>,
+    /// The activations the loss (and `extra_taps`) read, detached.
+    pub activations: Activations,
+}
+
+/// One optimisation step on a batch in training mode; `extra_taps` are
+/// returned as well (e.g. the logits for accuracy).
 pub fn train_step(
     model: &Model,
     loss: &Loss,
     opt: &mut dyn Optimizer,
     batch: &Batch,
-) -> Result<(f32, Vec<(String, f32)>, Option<Tensor>)> {
-    let taps = loss.taps();
+    extra_taps: &[&str],
+) -> Result<StepOutput> {
+    let mut taps = loss.taps();
+    taps.extend(extra_taps.iter().filter(|t| !loss.taps().contains(t)));
     let acts = model.run(&[batch.inputs.clone()], &taps, RunOptions::training())?;
-    let (total, parts) = loss.compute(
-        &acts,
-        Targets {
-            labels: batch.labels.as_ref(),
-            values: None,
-        },
-    )?;
+    let targets = Targets {
+        labels: batch.labels.as_ref(),
+        values: batch.values.as_ref(),
+    };
+    let (total, terms) = loss.compute(&acts, targets)?;
     let grads = total.backward()?;
     opt.step(&model.params().grads(&grads))?;
-    let first = acts.into_vec().into_iter().next().map(|(_, t)| t.detach());
-    Ok((total.to_scalar::<f32>()?, parts, first))
+    let loss = total.to_scalar::<f32>()?;
+    let activations = Activations::from_pairs(
+        acts.into_vec()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach()))
+            .collect(),
+    );
+    Ok(StepOutput {
+        loss,
+        terms,
+        activations,
+    })
 }
 
 const LAST: &str = "last.safetensors";
@@ -338,18 +360,8 @@ pub fn fit(
         let (mut sum_loss, mut right, mut seen) = (0f64, 0usize, 0usize);
         for chunk in order.chunks(cfg.batch_size) {
             let batch = train.batch(chunk)?;
-            let taps_all = taps(loss, acc);
-            let acts = model.run(&[batch.inputs.clone()], &taps_all, RunOptions::training())?;
-            let (total, _) = loss.compute(
-                &acts,
-                Targets {
-                    labels: batch.labels.as_ref(),
-                    values: None,
-                },
-            )?;
-            let grads = total.backward()?;
-            opt.step(&model.params().grads(&grads))?;
-            let l = total.to_scalar::<f32>()? as f64;
+            let out = train_step(model, loss, opt, &batch, acc.as_slice())?;
+            let l = out.loss as f64;
             if !l.is_finite() {
                 return Err(Error::invalid(
                     "fit",
@@ -358,7 +370,7 @@ pub fn fit(
             }
             sum_loss += l * chunk.len() as f64;
             if let (Some(a), Some(y)) = (acc, &batch.labels) {
-                right += correct(&acts.get(a)?.detach(), y)?;
+                right += correct(out.activations.get(a)?, y)?;
             }
             seen += chunk.len();
             bar.inc(1);

@@ -281,3 +281,34 @@ impl LrSchedule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LrSchedule;
+
+    #[test]
+    fn schedules_follow_pytorch_formulas() {
+        let step = LrSchedule::Step {
+            step_size: 2,
+            gamma: 0.1,
+        };
+        let got: Vec<f64> = (0..5).map(|e| step.lr(1.0, e)).collect();
+        for (g, w) in got.iter().zip([1.0, 1.0, 0.1, 0.1, 0.01]) {
+            assert!((g - w).abs() < 1e-12, "{got:?}");
+        }
+        // CosineAnnealingLR(T_max=4, eta_min=0.1) from 1.0: 1.0, 0.8682, 0.55, 0.2318, 0.1.
+        let cos = LrSchedule::Cosine {
+            t_max: 4,
+            eta_min: 0.1,
+        };
+        let want = [1.0, 0.868_198, 0.55, 0.231_802, 0.1];
+        for (e, w) in want.iter().enumerate() {
+            assert!(
+                (cos.lr(1.0, e) - w).abs() < 1e-6,
+                "epoch {e}: {}",
+                cos.lr(1.0, e)
+            );
+        }
+        assert_eq!(LrSchedule::Constant.lr(0.3, 7), 0.3);
+    }
+}

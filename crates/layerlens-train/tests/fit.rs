@@ -219,3 +219,120 @@ fn bad_training_input_is_a_clear_error() {
     .to_string();
     assert!(e.contains("expects (N, classes) predictions"), "{e}");
 }
+
+#[test]
+fn auxiliary_heads_and_regression_targets() {
+    // Deep supervision: an auxiliary classifier on the first conv block trains with the main one.
+    let mut g = Functional::new("aux").seed(4);
+    let x = g.input("input", [1, 28, 28]).unwrap();
+    let c1 = g
+        .add(Conv2d::new(8, 3).activation(Activation::Relu), &[x])
+        .unwrap();
+    let p1 = g.add(Pool2d::max(2), &[c1]).unwrap();
+    let aux = g.add(GlobalAvgPool::default(), &[p1]).unwrap();
+    let aux = g.add_as("aux_head", Dense::new(10), &[aux]).unwrap();
+    let c2 = g
+        .add(Conv2d::new(16, 3).activation(Activation::Relu), &[p1])
+        .unwrap();
+    let f = g.add(GlobalAvgPool::default(), &[c2]).unwrap();
+    let main = g.add_as("head", Dense::new(10), &[f]).unwrap();
+    let m = g.build(&[main, aux]).unwrap();
+    let data = embedded_fashion_mnist(Split::Train)
+        .unwrap()
+        .take(256)
+        .unwrap();
+    let loss = Loss::cross_entropy("head")
+        + 0.3 * Loss::cross_entropy("aux_head")
+        + 1e-3 * Loss::activity_l2("conv2d");
+    let aux_before = m
+        .params()
+        .tensor("aux_head.weight")
+        .unwrap()
+        .copy()
+        .unwrap();
+    let mut opt = Adam::new(m.params(), 3e-3);
+    let h = fit(
+        &m,
+        &loss,
+        &mut opt,
+        &data,
+        None,
+        &FitConfig {
+            accuracy_node: Some("head".into()),
+            ..cfg(3)
+        },
+    )
+    .unwrap();
+    assert!(h.epochs[2].loss < h.epochs[0].loss, "{h:?}");
+    let moved = (m.params().tensor("aux_head.weight").unwrap() - aux_before)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(
+        moved.to_scalar::<f32>().unwrap() > 0.0,
+        "the auxiliary head is trained"
+    );
+
+    // Regression targets reach an MSE term: fit y = 2x with one dense unit.
+    let mut g = Functional::new("lin");
+    let i = g.input("input", [1]).unwrap();
+    let d = g.add_as("out", Dense::new(1), &[i]).unwrap();
+    let lin = g.build(&[d]).unwrap();
+    let xs = Tensor::arange(0f32, 32.0, &Device::Cpu)
+        .unwrap()
+        .reshape((32, 1))
+        .unwrap();
+    let xs = (xs / 32.0).unwrap();
+    let data = layerlens_train::data::Regression {
+        inputs: xs.clone(),
+        targets: (&xs * 2.0).unwrap(),
+    };
+    let mut opt = layerlens_train::optim::Sgd::new(lin.params(), 0.5).momentum(0.9);
+    let c = FitConfig {
+        batch_size: 8,
+        accuracy_node: None,
+        ..cfg(60)
+    };
+    let h = fit(&lin, &Loss::mse("out"), &mut opt, &data, None, &c).unwrap();
+    assert!(
+        h.epochs.last().unwrap().loss < 1e-3,
+        "{:?}",
+        h.epochs.last()
+    );
+}
+
+#[test]
+fn image_folder_dataset_reads_png_and_jpeg_by_class() {
+    let root = std::env::temp_dir().join(format!("layerlens-folder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for (class, shade) in [("bright", 230u8), ("dark", 20u8)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for k in 0..3 {
+            let img = image::RgbImage::from_pixel(40, 30, image::Rgb([shade, shade, shade]));
+            let ext = if k == 0 { "jpg" } else { "png" };
+            img.save(root.join(class).join(format!("{k}.{ext}")))
+                .unwrap();
+        }
+    }
+    std::fs::write(root.join("dark").join("notes.txt"), "ignored").unwrap();
+    let ds = layerlens_train::data::ImageFolder::open(&root, 1, (28, 28)).unwrap();
+    use layerlens_train::data::Dataset;
+    assert_eq!(ds.classes, ["bright", "dark"]);
+    assert_eq!(ds.len(), 6);
+    let b = ds.batch(&[0, 5]).unwrap();
+    assert_eq!(b.inputs.dims(), &[2, 1, 28, 28]);
+    assert_eq!(b.labels.unwrap().to_vec1::<u32>().unwrap(), [0, 1]);
+    let mean: Vec<f32> = b.inputs.mean((1, 2, 3)).unwrap().to_vec1().unwrap();
+    assert!(mean[0] > 0.85 && mean[1] < 0.15, "{mean:?}");
+    // A corrupt image names the file.
+    std::fs::write(root.join("dark").join("9.png"), b"not a png").unwrap();
+    let ds = layerlens_train::data::ImageFolder::open(&root, 3, (8, 8)).unwrap();
+    let e = ds.batch(&[6]).unwrap_err().to_string();
+    assert!(
+        e.contains("9.png") && e.contains("cannot decode image"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(root).unwrap();
+}

@@ -21,6 +21,8 @@
 //! # Ok::<(), layerlens::Error>(())
 //! ```
 
+pub mod preprocess;
+pub mod weights;
 pub mod zoo;
 
 pub use layerlens_train as train;

@@ -1,0 +1,110 @@
+//! Image loading and the preprocessing presets of common model families, plus
+//! ImageNet's class names so a prediction prints a label.
+
+use layerlens_core::candle_core::{Device, Tensor};
+use layerlens_core::{Error, Result};
+use std::path::Path;
+
+/// How pixel values are normalised after resizing and cropping.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Preset {
+    /// torchvision's ImageNet: `[0, 1]`, then per channel `(x - mean) / std` with
+    /// mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+    ImageNet,
+    /// EfficientNet-Lite: `(x - 127) / 128` on 0..255 pixels.
+    EfficientNetLite,
+    /// Plain `[0, 1]`.
+    UnitRange,
+}
+
+impl Preset {
+    /// Parses `imagenet`, `efficientnet-lite` or `unit`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "imagenet" => Preset::ImageNet,
+            "efficientnet-lite" => Preset::EfficientNetLite,
+            "unit" => Preset::UnitRange,
+            other => {
+                return Err(Error::invalid(
+                    "preprocess",
+                    format!("unknown preset '{other}' (imagenet, efficientnet-lite, unit)"),
+                ))
+            }
+        })
+    }
+}
+
+/// Loads an image as a `(1, C, size, size)` tensor: the shorter side resized to
+/// `size * 256 / 224` (bilinear), a centred `size × size` crop, then `preset`.
+/// `channels` is 3 (RGB) or 1 (grayscale).
+pub fn load_image(
+    path: impl AsRef<Path>,
+    channels: usize,
+    size: usize,
+    preset: Preset,
+) -> Result<Tensor> {
+    let path = path.as_ref();
+    let img = image::open(path).map_err(|e| Error::Format {
+        path: path.display().to_string(),
+        message: format!("cannot decode image: {e}"),
+    })?;
+    let (w, h) = (img.width() as f64, img.height() as f64);
+    let short = (size as f64 * 256.0 / 224.0).round();
+    let scale = short / w.min(h);
+    let (nw, nh) = ((w * scale).round() as u32, (h * scale).round() as u32);
+    let img = img.resize_exact(nw, nh, image::imageops::FilterType::Triangle);
+    let (left, top) = ((nw - size as u32) / 2, (nh - size as u32) / 2);
+    let img = img.crop_imm(left, top, size as u32, size as u32);
+    let raw: Vec<u8> = match channels {
+        1 => img.to_luma8().into_raw(),
+        3 => img.to_rgb8().into_raw(),
+        c => {
+            return Err(Error::invalid(
+                "load_image",
+                format!("channels must be 1 or 3, got {c}"),
+            ))
+        }
+    };
+    let px: Vec<f32> = raw.iter().map(|&v| v as f32).collect();
+    let x = Tensor::from_vec(px, (size, size, channels), &Device::Cpu)?
+        .permute((2, 0, 1))?
+        .contiguous()?;
+    let x = match preset {
+        Preset::EfficientNetLite => ((x - 127.0)? / 128.0)?,
+        Preset::UnitRange => (x / 255.0)?,
+        Preset::ImageNet => {
+            if channels != 3 {
+                return Err(Error::invalid(
+                    "load_image",
+                    "the ImageNet preset needs 3 channels",
+                ));
+            }
+            let mean = Tensor::new(&[0.485f32, 0.456, 0.406], &Device::Cpu)?.reshape((3, 1, 1))?;
+            let std = Tensor::new(&[0.229f32, 0.224, 0.225], &Device::Cpu)?.reshape((3, 1, 1))?;
+            (x / 255.0)?.broadcast_sub(&mean)?.broadcast_div(&std)?
+        }
+    };
+    Ok(x.unsqueeze(0)?)
+}
+
+/// ImageNet-1k class names by index (torchvision's list).
+pub fn imagenet_classes() -> Vec<&'static str> {
+    include_str!("../assets/imagenet_classes.txt")
+        .lines()
+        .collect()
+}
+
+/// The `k` best `(class, probability)` pairs of one row of logits.
+pub fn top_k(logits: &Tensor, k: usize) -> Result<Vec<(usize, f32)>> {
+    let p: Vec<f32> =
+        layerlens_core::candle_core::Tensor::to_vec1(&candle_nn_softmax(&logits.flatten_all()?)?)?;
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    Ok(idx.into_iter().take(k).map(|i| (i, p[i])).collect())
+}
+
+fn candle_nn_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(0)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(0)?)?)
+}

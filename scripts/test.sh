@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: fetch the pinned real-model assets (checksum-verified,
+# cached outside the repo), then run every test in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-models.sh
+cargo test --workspace --release "$@"

@@ -105,14 +105,14 @@ impl Graph {
         for s in selectors {
             let sel = Selector::parse(s.as_ref())?;
             for id in sel.resolve(self)? {
-                if out.iter().any(|(i, _)| *i == id) {
-                    continue;
-                }
                 let name = match &sel {
                     Selector::Exact(name) => name.clone(),
                     _ => self.nodes[id].name.clone(),
                 };
-                out.push((id, name));
+                // Two names of one node (an alias and the node) are both answered.
+                if !out.iter().any(|(i, n)| *i == id && *n == name) {
+                    out.push((id, name));
+                }
             }
         }
         Ok(out)

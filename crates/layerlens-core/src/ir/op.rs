@@ -1,6 +1,7 @@
 //! The fixed vocabulary of operations.
 
 use crate::lambda::LambdaNode;
+use crate::ops::Elementwise;
 use crate::ops::{
     Activation, Add, BatchNorm, Concat, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool, LayerOp,
     Mul, Pool2d, Reshape,
@@ -39,6 +40,8 @@ pub enum OpT<L> {
     Mul(Mul),
     /// Dropout.
     Dropout(Dropout),
+    /// Broadcasting arithmetic, with an optional constant operand.
+    Elementwise(Elementwise),
     /// A Lambda or custom layer.
     Lambda(L),
 }
@@ -62,6 +65,7 @@ impl<L> OpT<L> {
             OpT::Add(l) => l,
             OpT::Mul(l) => l,
             OpT::Dropout(l) => l,
+            OpT::Elementwise(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -81,6 +85,7 @@ impl<L> OpT<L> {
             OpT::Add(l) => l,
             OpT::Mul(l) => l,
             OpT::Dropout(l) => l,
+            OpT::Elementwise(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -101,6 +106,7 @@ impl<L> OpT<L> {
             OpT::Add(l) => OpT::Add(l),
             OpT::Mul(l) => OpT::Mul(l),
             OpT::Dropout(l) => OpT::Dropout(l),
+            OpT::Elementwise(l) => OpT::Elementwise(l),
             OpT::Lambda(l) => OpT::Lambda(f(l)?),
         })
     }
@@ -126,6 +132,7 @@ impl Op {
             OpT::Add(_) => "Add".into(),
             OpT::Mul(_) => "Mul".into(),
             OpT::Dropout(_) => "Dropout".into(),
+            OpT::Elementwise(e) => format!("Elementwise({:?})", e.kind),
             OpT::Lambda(l) => format!("Lambda({})", l.op.type_name()),
         }
     }
@@ -160,5 +167,6 @@ into_op!(
     Concat,
     Add,
     Mul,
-    Dropout
+    Dropout,
+    Elementwise
 );

@@ -28,6 +28,20 @@ pub enum Activation {
     HardSigmoid,
     /// `x * relu6(x + 3) / 6` (MobileNetV3, PyTorch's definition).
     HardSwish,
+    /// `clamp(x, min, max)` (ONNX `Clip`).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// `clamp(alpha * x + beta, 0, 1)` (ONNX `HardSigmoid`; its default alpha is 0.2).
+    HardSigmoidAb {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
     /// Softmax over a full-tensor axis (1 = channels/features, Keras' default in NHWC terms).
     Softmax {
         /// Axis of the batched tensor; negative counts from the end.
@@ -49,6 +63,10 @@ impl Activation {
             Activation::Sigmoid => candle_nn::ops::sigmoid(x),
             Activation::HardSigmoid => (x + 3.0)?.clamp(0f32, 6f32)? / 6.0,
             Activation::HardSwish => x.mul(&((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?),
+            Activation::Clip { min, max } => x.clamp(min, max),
+            Activation::HardSigmoidAb { alpha, beta } => {
+                ((x * alpha as f64)? + beta as f64)?.clamp(0f32, 1f32)
+            }
             Activation::Softmax { axis } => {
                 let a = resolve_axis(axis, x.rank()).ok_or_else(|| {
                     candle_core::Error::Msg(format!(
@@ -67,9 +85,11 @@ impl Activation {
             Activation::Relu => (Some(0.0), None),
             Activation::Relu6 => (Some(0.0), Some(6.0)),
             Activation::Tanh => (Some(-1.0), Some(1.0)),
-            Activation::Sigmoid | Activation::HardSigmoid | Activation::Softmax { .. } => {
-                (Some(0.0), Some(1.0))
-            }
+            Activation::Sigmoid
+            | Activation::HardSigmoid
+            | Activation::HardSigmoidAb { .. }
+            | Activation::Softmax { .. } => (Some(0.0), Some(1.0)),
+            Activation::Clip { min, max } => (Some(*min), Some(*max)),
             Activation::LeakyRelu { .. } | Activation::HardSwish => (None, None),
         }
     }
@@ -86,6 +106,8 @@ impl LayerOp for Activation {
             Activation::HardSigmoid => "hard_sigmoid",
             Activation::HardSwish => "hard_swish",
             Activation::Softmax { .. } => "softmax",
+            Activation::Clip { .. } => "clip",
+            Activation::HardSigmoidAb { .. } => "hard_sigmoid",
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod batch_norm;
+pub mod broadcast;
 pub mod conv2d;
 pub mod dense;
 pub mod dropout;
@@ -16,6 +17,7 @@ pub mod reshape;
 
 pub use activation::Activation;
 pub use batch_norm::BatchNorm;
+pub use broadcast::{BinaryKind, ConstOperand, Elementwise, Side};
 pub use conv2d::Conv2d;
 pub use dense::Dense;
 pub use dropout::Dropout;

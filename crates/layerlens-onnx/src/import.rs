@@ -1,0 +1,837 @@
+//! ONNX graph -> layerlens graph.
+
+use crate::fold::fold;
+use crate::proto::{AttributeProto, ModelProto, NodeProto};
+use crate::tensor::{decode, Const, Data, BATCH};
+use candle_core::{Device, Tensor};
+use layerlens_core::builder::{Functional, NodeRef};
+use layerlens_core::lambda::Reduce;
+use layerlens_core::ops::{
+    Activation, BatchNorm, BinaryKind, Concat, ConstOperand, Conv2d, Dense, Elementwise, Flatten,
+    GlobalAvgPool, Padding, Pool2d, PoolKind, Reshape, Side,
+};
+use layerlens_core::{Error, Model, Result, Shape};
+use prost::Message;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Ops the importer maps onto layerlens nodes (besides the folded shape arithmetic).
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Conv",
+    "BatchNormalization",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Clip",
+    "Softmax",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Concat",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "ReduceMean",
+    "Identity",
+    "Dropout",
+    "Shape",
+    "Gather",
+    "Slice",
+    "Cast",
+    "Constant",
+];
+
+/// Import settings.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Per-sample shapes for inputs whose non-batch dims are symbolic in the file.
+    pub input_shapes: HashMap<String, Vec<usize>>,
+}
+
+/// Imports an ONNX file.
+pub fn import(path: impl AsRef<Path>) -> Result<Model> {
+    import_with(path, &ImportOptions::default())
+}
+
+/// Imports an ONNX file with options.
+pub fn import_with(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Model> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    import_bytes(&bytes, base, &path.display().to_string(), opts)
+}
+
+#[derive(Clone)]
+enum Value {
+    Node(NodeRef),
+    Const(Const),
+}
+
+struct Importer<'a> {
+    what: &'a str,
+    opset: i64,
+    g: Functional,
+    values: HashMap<String, Value>,
+    weights: Vec<(String, Tensor)>,
+}
+
+fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
+    n.attribute.iter().find(|a| a.name == name)
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if matches!(c, '*' | '?' | '[' | ']' | ',') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Imports an ONNX model from bytes; `base` is where external data files are
+/// looked up and `what` names the source in errors.
+pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions) -> Result<Model> {
+    let bad = |m: String| Error::Format {
+        path: what.to_string(),
+        message: m,
+    };
+    let model = ModelProto::decode(bytes)
+        .map_err(|e| bad(format!("not an ONNX model (protobuf decoding failed: {e})")))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| bad("the model has no graph".into()))?;
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .ok_or_else(|| bad("no default-domain opset in opset_import".into()))?;
+    if !(7..=21).contains(&opset) {
+        return Err(bad(format!("opset {opset} is not supported (7 to 21 are)")));
+    }
+    let name = if graph.name.is_empty() {
+        "onnx_model".to_string()
+    } else {
+        sanitize(&graph.name)
+    };
+    let mut im = Importer {
+        what,
+        opset,
+        g: Functional::new(&name),
+        values: HashMap::new(),
+        weights: Vec::new(),
+    };
+    for t in &graph.initializer {
+        let c = decode(t, base).map_err(|m| bad(format!("initializer '{}': {m}", t.name)))?;
+        im.values.insert(t.name.clone(), Value::Const(c));
+    }
+    let real_inputs: Vec<_> = graph
+        .input
+        .iter()
+        .filter(|vi| !im.values.contains_key(&vi.name))
+        .collect();
+    for vi in real_inputs {
+        let dims: Vec<Option<usize>> = vi
+            .r#type
+            .as_ref()
+            .and_then(|t| t.tensor_type.as_ref())
+            .and_then(|t| t.shape.as_ref())
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| d.dim_value.filter(|&v| v > 0).map(|v| v as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let per_sample = match opts.input_shapes.get(&vi.name) {
+            Some(s) => s.clone(),
+            None => dims
+                .iter()
+                .skip(1)
+                .map(|d| d.ok_or_else(|| bad(format!("input '{}' has a symbolic non-batch dimension {dims:?}: give its shape in ImportOptions::input_shapes", vi.name))))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let r = im.g.input(&sanitize(&vi.name), per_sample)?;
+        im.values.insert(vi.name.clone(), Value::Node(r));
+    }
+    for (i, n) in graph.node.iter().enumerate() {
+        if !n.domain.is_empty() && n.domain != "ai.onnx" {
+            return Err(bad(format!(
+                "node {i} ('{}'): op '{}' of domain '{}' is not supported",
+                n.name, n.op_type, n.domain
+            )));
+        }
+        im.node(n).map_err(|e| match e {
+            Error::Format { .. } => e,
+            other => bad(format!(
+                "node {i} ('{}', {}, opset {}): {}",
+                n.name, n.op_type, im.opset, other
+            )),
+        })?;
+    }
+    let mut outputs = Vec::new();
+    for o in &graph.output {
+        match im.values.get(&o.name) {
+            Some(Value::Node(r)) => outputs.push(*r),
+            Some(Value::Const(_)) => {
+                return Err(bad(format!("graph output '{}' is a constant", o.name)))
+            }
+            None => {
+                return Err(bad(format!(
+                    "graph output '{}' is produced by no node",
+                    o.name
+                )))
+            }
+        }
+    }
+    let Importer { g, weights, .. } = im;
+    let model = g.build(&outputs)?;
+    for (k, t) in weights {
+        model
+            .params()
+            .set(&k, &t)
+            .map_err(|e| bad(format!("weight '{k}': {e}")))?;
+    }
+    Ok(model)
+}
+
+impl Importer<'_> {
+    fn constant(&self, n: &NodeProto, i: usize) -> Result<Const> {
+        match n
+            .input
+            .get(i)
+            .filter(|s| !s.is_empty())
+            .and_then(|s| self.values.get(s))
+        {
+            Some(Value::Const(c)) => Ok(c.clone()),
+            Some(Value::Node(_)) => Err(self.err(
+                n,
+                format!(
+                    "input {i} ('{}') must be a constant (an initializer)",
+                    n.input[i]
+                ),
+            )),
+            None => Err(self.err(n, format!("input {i} is missing"))),
+        }
+    }
+
+    fn opt_constant(&self, n: &NodeProto, i: usize) -> Result<Option<Const>> {
+        match n.input.get(i).filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(_) => self.constant(n, i).map(Some),
+        }
+    }
+
+    fn node_input(&self, n: &NodeProto, i: usize) -> Result<NodeRef> {
+        match n.input.get(i).and_then(|s| self.values.get(s)) {
+            Some(Value::Node(r)) => Ok(*r),
+            Some(Value::Const(_)) => Err(self.err(
+                n,
+                format!(
+                    "input {i} ('{}') is a constant; layerlens expects an activation here",
+                    n.input[i]
+                ),
+            )),
+            None => Err(self.err(
+                n,
+                format!(
+                    "input {i} ('{}') is produced by no earlier node",
+                    n.input.get(i).map_or("", |s| s)
+                ),
+            )),
+        }
+    }
+
+    fn err(&self, n: &NodeProto, m: String) -> Error {
+        Error::Format {
+            path: self.what.to_string(),
+            message: format!(
+                "node '{}' ({}, opset {}): {m}",
+                n.name, n.op_type, self.opset
+            ),
+        }
+    }
+
+    fn name_for(&self, n: &NodeProto) -> String {
+        let base = sanitize(if n.name.is_empty() {
+            n.output.first().map_or("node", |s| s)
+        } else {
+            &n.name
+        });
+        let mut name = base.clone();
+        let mut k = 1;
+        while self.g.get(&name).is_ok() {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        name
+    }
+
+    fn tensor(c: &Const) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            c.floats(),
+            c.dims.as_slice(),
+            &Device::Cpu,
+        )?)
+    }
+
+    fn finish(&mut self, n: &NodeProto, r: NodeRef) -> Result<()> {
+        let node_name = self.g.name(r).to_string();
+        for o in &n.output {
+            self.values.insert(o.clone(), Value::Node(r));
+            let alias = sanitize(o);
+            if alias != node_name && self.g.get(&alias).is_err() {
+                self.g.alias(&alias, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
+        attr(n, name).map(|a| a.ints.clone())
+    }
+
+    fn int(n: &NodeProto, name: &str) -> Option<i64> {
+        attr(n, name).map(|a| a.i)
+    }
+
+    fn float(n: &NodeProto, name: &str) -> Option<f32> {
+        attr(n, name).map(|a| a.f)
+    }
+
+    fn pair(
+        &self,
+        n: &NodeProto,
+        v: Option<Vec<i64>>,
+        default: usize,
+        what: &str,
+    ) -> Result<[usize; 2]> {
+        match v.as_deref() {
+            None => Ok([default, default]),
+            Some([a, b]) if *a >= 0 && *b >= 0 => Ok([*a as usize, *b as usize]),
+            Some(other) => Err(self.err(
+                n,
+                format!("{what} {other:?}: only 2-D (two non-negative values) is supported"),
+            )),
+        }
+    }
+
+    /// ONNX `pads` / `auto_pad` -> layerlens padding.
+    fn padding(
+        &self,
+        n: &NodeProto,
+        hw: (usize, usize),
+        k: [usize; 2],
+        s: [usize; 2],
+        d: [usize; 2],
+    ) -> Result<Padding> {
+        let auto = attr(n, "auto_pad")
+            .map(|a| String::from_utf8_lossy(&a.s).to_string())
+            .unwrap_or_default();
+        match auto.as_str() {
+            "" | "NOTSET" => match Self::ints(n, "pads").as_deref() {
+                None => Ok(Padding::Valid),
+                Some([t, l, b, r]) if [*t, *l, *b, *r].iter().all(|&p| p >= 0) => {
+                    Ok(Padding::Explicit([
+                        *t as usize,
+                        *b as usize,
+                        *l as usize,
+                        *r as usize,
+                    ]))
+                }
+                Some(p) => Err(self.err(
+                    n,
+                    format!("pads {p:?}: only 2-D non-negative pads are supported"),
+                )),
+            },
+            "VALID" => Ok(Padding::Valid),
+            "SAME_UPPER" => Ok(Padding::Same),
+            "SAME_LOWER" => {
+                let [t, b, l, r] = Padding::Same.resolve(hw, k, s, d);
+                Ok(Padding::Explicit([b, t, r, l]))
+            }
+            other => Err(self.err(n, format!("unknown auto_pad '{other}'"))),
+        }
+    }
+
+    fn spatial(&self, r: NodeRef) -> (usize, usize) {
+        let s = self.g.shape(r);
+        match s.chw() {
+            Some((_, h, w)) => (h, w),
+            None => (0, 0),
+        }
+    }
+
+    fn node(&mut self, n: &NodeProto) -> Result<()> {
+        let op = n.op_type.as_str();
+        // Constants and shape arithmetic are folded.
+        if op == "Constant" {
+            let a = n
+                .attribute
+                .first()
+                .ok_or_else(|| self.err(n, "Constant without a value".into()))?;
+            let c = match a.name.as_str() {
+                "value" => decode(
+                    a.t.as_ref()
+                        .ok_or_else(|| self.err(n, "value is not a tensor".into()))?,
+                    Path::new("."),
+                )
+                .map_err(|m| self.err(n, m))?,
+                "value_float" => Const {
+                    dims: vec![],
+                    data: Data::F32(vec![a.f]),
+                },
+                "value_floats" => Const {
+                    dims: vec![a.floats.len()],
+                    data: Data::F32(a.floats.clone()),
+                },
+                "value_int" => Const::i64s(vec![], vec![a.i]),
+                "value_ints" => Const::i64s(vec![a.ints.len()], a.ints.clone()),
+                other => {
+                    return Err(
+                        self.err(n, format!("Constant attribute '{other}' is not supported"))
+                    )
+                }
+            };
+            self.values.insert(n.output[0].clone(), Value::Const(c));
+            return Ok(());
+        }
+        if op == "Shape" {
+            let r = self.node_input(n, 0)?;
+            let mut dims = vec![BATCH];
+            dims.extend(self.g.shape(r).dims().iter().map(|&d| d as i64));
+            self.values.insert(
+                n.output[0].clone(),
+                Value::Const(Const::i64s(vec![dims.len()], dims)),
+            );
+            return Ok(());
+        }
+        let present: Vec<&String> = n.input.iter().filter(|s| !s.is_empty()).collect();
+        let all_const = !present.is_empty()
+            && present
+                .iter()
+                .all(|s| matches!(self.values.get(*s), Some(Value::Const(_))));
+        if all_const && !matches!(op, "Conv" | "Gemm" | "MatMul" | "BatchNormalization") {
+            let inputs: Vec<Const> = present
+                .iter()
+                .map(|s| match &self.values[*s] {
+                    Value::Const(c) => c.clone(),
+                    Value::Node(_) => unreachable!(),
+                })
+                .collect();
+            let c = fold(op, &inputs, &|k| Self::ints(n, k), &|k| Self::int(n, k))
+                .map_err(|m| self.err(n, m))?;
+            self.values.insert(n.output[0].clone(), Value::Const(c));
+            return Ok(());
+        }
+        if matches!(op, "Identity" | "Dropout") {
+            let r = self.node_input(n, 0)?;
+            let name = sanitize(if n.name.is_empty() {
+                &n.output[0]
+            } else {
+                &n.name
+            });
+            if self.g.get(&name).is_err() {
+                self.g.alias(&name, r)?;
+            }
+            return self.finish(n, r);
+        }
+        let name = self.name_for(n);
+        let x = self.node_input(n, 0)?;
+        let r = match op {
+            "Conv" => {
+                let w = self.constant(n, 1)?;
+                if w.dims.len() != 4 {
+                    return Err(self.err(
+                        n,
+                        format!(
+                            "only 2-D convolutions are supported (weight dims {:?})",
+                            w.dims
+                        ),
+                    ));
+                }
+                let b = self.opt_constant(n, 2)?;
+                let k = [w.dims[2], w.dims[3]];
+                let s = self.pair(n, Self::ints(n, "strides"), 1, "strides")?;
+                let d = self.pair(n, Self::ints(n, "dilations"), 1, "dilations")?;
+                let pad = self.padding(n, self.spatial(x), k, s, d)?;
+                let groups = Self::int(n, "group").unwrap_or(1).max(1) as usize;
+                let conv = Conv2d {
+                    filters: w.dims[0],
+                    kernel: k,
+                    stride: s,
+                    padding: pad,
+                    dilation: d,
+                    groups,
+                    bias: b.is_some(),
+                    activation: None,
+                    in_channels: 0,
+                };
+                let r = self.g.add_as(&name, conv, &[x])?;
+                self.weights
+                    .push((format!("{name}.weight"), Self::tensor(&w)?));
+                if let Some(b) = b {
+                    self.weights
+                        .push((format!("{name}.bias"), Self::tensor(&b)?));
+                }
+                r
+            }
+            "BatchNormalization" => {
+                let eps = Self::float(n, "epsilon").unwrap_or(1e-5) as f64;
+                let momentum = 1.0 - Self::float(n, "momentum").unwrap_or(0.9) as f64;
+                let r = self.g.add_as(
+                    &name,
+                    BatchNorm::new().eps(eps).momentum(momentum.clamp(0.0, 1.0)),
+                    &[x],
+                )?;
+                for (i, p) in ["weight", "bias", "running_mean", "running_var"]
+                    .iter()
+                    .enumerate()
+                {
+                    let c = self.constant(n, i + 1)?;
+                    self.weights
+                        .push((format!("{name}.{p}"), Self::tensor(&c)?));
+                }
+                r
+            }
+            "Relu" => self.g.add_as(&name, Activation::Relu, &[x])?,
+            "Sigmoid" => self.g.add_as(&name, Activation::Sigmoid, &[x])?,
+            "Tanh" => self.g.add_as(&name, Activation::Tanh, &[x])?,
+            "HardSwish" => self.g.add_as(&name, Activation::HardSwish, &[x])?,
+            "LeakyRelu" => self.g.add_as(
+                &name,
+                Activation::LeakyRelu {
+                    slope: Self::float(n, "alpha").unwrap_or(0.01),
+                },
+                &[x],
+            )?,
+            "HardSigmoid" => {
+                let (alpha, beta) = (
+                    Self::float(n, "alpha").unwrap_or(0.2),
+                    Self::float(n, "beta").unwrap_or(0.5),
+                );
+                let act = if (alpha - 1.0 / 6.0).abs() < 1e-6 && beta == 0.5 {
+                    Activation::HardSigmoid
+                } else {
+                    Activation::HardSigmoidAb { alpha, beta }
+                };
+                self.g.add_as(&name, act, &[x])?
+            }
+            "Clip" => {
+                let (min, max) = if self.opset >= 11 {
+                    let lo = self
+                        .opt_constant(n, 1)?
+                        .map(|c| c.floats()[0])
+                        .unwrap_or(f32::NEG_INFINITY);
+                    let hi = self
+                        .opt_constant(n, 2)?
+                        .map(|c| c.floats()[0])
+                        .unwrap_or(f32::INFINITY);
+                    (lo, hi)
+                } else {
+                    (
+                        Self::float(n, "min").unwrap_or(f32::NEG_INFINITY),
+                        Self::float(n, "max").unwrap_or(f32::INFINITY),
+                    )
+                };
+                let act = if min == 0.0 && max == 6.0 {
+                    Activation::Relu6
+                } else {
+                    Activation::Clip { min, max }
+                };
+                self.g.add_as(&name, act, &[x])?
+            }
+            "Softmax" => {
+                let rank = self.g.shape(x).rank() as i64 + 1;
+                let default = if self.opset >= 13 { -1 } else { 1 };
+                let axis = Self::int(n, "axis").unwrap_or(default);
+                let last = axis == -1 || axis == rank - 1;
+                if self.opset < 13 && !last {
+                    return Err(self.err(n, format!("Softmax before opset 13 over axis {axis} of a rank-{rank} tensor flattens trailing axes; not supported")));
+                }
+                self.g.add_as(
+                    &name,
+                    Activation::Softmax {
+                        axis: axis as isize,
+                    },
+                    &[x],
+                )?
+            }
+            "MaxPool" | "AveragePool" => {
+                let k = self.pair(n, Self::ints(n, "kernel_shape"), 1, "kernel_shape")?;
+                let s = self.pair(n, Self::ints(n, "strides"), 1, "strides")?;
+                if self.pair(n, Self::ints(n, "dilations"), 1, "dilations")? != [1, 1] {
+                    return Err(self.err(n, "dilated pooling is not supported".into()));
+                }
+                let hw = self.spatial(x);
+                let pad = self.padding(n, hw, k, s, [1, 1])?;
+                if Self::int(n, "ceil_mode").unwrap_or(0) == 1 {
+                    // ceil_mode only matters when a partial window remains.
+                    let p = pad.resolve(hw, k, s, [1, 1]);
+                    let rem = |i: usize, pa: usize, pb: usize, kk: usize, ss: usize| {
+                        (i + pa + pb - kk) % ss != 0
+                    };
+                    if rem(hw.0, p[0], p[1], k[0], s[0]) || rem(hw.1, p[2], p[3], k[1], s[1]) {
+                        return Err(self.err(
+                            n,
+                            "ceil_mode=1 with a partial last window is not supported".into(),
+                        ));
+                    }
+                }
+                let kind = if op == "MaxPool" {
+                    PoolKind::Max
+                } else {
+                    PoolKind::Avg
+                };
+                let include = Self::int(n, "count_include_pad").unwrap_or(0) == 1;
+                let p = Pool2d {
+                    kind,
+                    kernel: k,
+                    stride: s,
+                    padding: pad,
+                    count_include_pad: include,
+                };
+                self.g.add_as(&name, p, &[x])?
+            }
+            "GlobalAveragePool" => self
+                .g
+                .add_as(&name, GlobalAvgPool { keepdims: true }, &[x])?,
+            "Flatten" => {
+                if Self::int(n, "axis").unwrap_or(1) != 1 {
+                    return Err(self.err(n, "Flatten is supported on axis 1 only".into()));
+                }
+                self.g.add_as(&name, Flatten, &[x])?
+            }
+            "Reshape" => {
+                let target = self.constant(n, 1)?.ints();
+                let input = self.g.shape(x).clone();
+                let per = self.per_sample_reshape(n, &target, &input)?;
+                self.g.add_as(&name, Reshape::new(per), &[x])?
+            }
+            "Squeeze" | "Unsqueeze" => {
+                let axes = match self.opt_constant(n, 1)? {
+                    Some(c) => c.ints(),
+                    None => Self::ints(n, "axes").unwrap_or_default(),
+                };
+                let dims = self.g.shape(x).dims().to_vec();
+                let mut full: Vec<usize> = std::iter::once(1).chain(dims.iter().copied()).collect();
+                let out_rank = if op == "Unsqueeze" {
+                    full.len() + axes.len()
+                } else {
+                    full.len()
+                };
+                let mut ax: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| {
+                        if a < 0 {
+                            (a + out_rank as i64) as usize
+                        } else {
+                            a as usize
+                        }
+                    })
+                    .collect();
+                ax.sort_unstable();
+                if ax.contains(&0) {
+                    return Err(self.err(
+                        n,
+                        "squeezing or unsqueezing the batch axis is not supported".into(),
+                    ));
+                }
+                if op == "Unsqueeze" {
+                    for a in ax {
+                        full.insert(a, 1);
+                    }
+                } else if ax.is_empty() {
+                    full = std::iter::once(1)
+                        .chain(dims.iter().copied().filter(|&d| d != 1))
+                        .collect();
+                } else {
+                    for a in ax.into_iter().rev() {
+                        full.remove(a);
+                    }
+                }
+                let target: Vec<isize> = full[1..].iter().map(|&d| d as isize).collect();
+                self.g.add_as(&name, Reshape::new(target), &[x])?
+            }
+            "Gemm" => {
+                if Self::int(n, "transA").unwrap_or(0) != 0 {
+                    return Err(self.err(n, "Gemm with transA=1 is not supported".into()));
+                }
+                let (alpha, beta) = (
+                    Self::float(n, "alpha").unwrap_or(1.0),
+                    Self::float(n, "beta").unwrap_or(1.0),
+                );
+                let b = self.constant(n, 1)?;
+                let w = Self::tensor(&b)?;
+                let w = if Self::int(n, "transB").unwrap_or(0) == 1 {
+                    w
+                } else {
+                    w.t()?.contiguous()?
+                };
+                let w = (w * alpha as f64)?;
+                let c = self.opt_constant(n, 2)?;
+                let units = w.dim(0)?;
+                let r = self
+                    .g
+                    .add_as(&name, Dense::new(units).bias(c.is_some()), &[x])?;
+                self.weights.push((format!("{name}.weight"), w));
+                if let Some(c) = c {
+                    let bias = Self::tensor(&c)?.broadcast_as(units)?.contiguous()?;
+                    self.weights
+                        .push((format!("{name}.bias"), (bias * beta as f64)?));
+                }
+                r
+            }
+            "MatMul" => {
+                let b = self.constant(n, 1)?;
+                if b.dims.len() != 2 {
+                    return Err(self.err(
+                        n,
+                        format!(
+                            "MatMul with a constant of dims {:?}: only 2-D weights are supported",
+                            b.dims
+                        ),
+                    ));
+                }
+                let r = self
+                    .g
+                    .add_as(&name, Dense::new(b.dims[1]).bias(false), &[x])?;
+                self.weights.push((
+                    format!("{name}.weight"),
+                    Self::tensor(&b)?.t()?.contiguous()?,
+                ));
+                r
+            }
+            "Add" | "Sub" | "Mul" | "Div" => {
+                let kind = match op {
+                    "Add" => BinaryKind::Add,
+                    "Sub" => BinaryKind::Sub,
+                    "Mul" => BinaryKind::Mul,
+                    _ => BinaryKind::Div,
+                };
+                let vals: Vec<Value> = (0..2)
+                    .map(|i| {
+                        self.values
+                            .get(&n.input[i])
+                            .cloned()
+                            .ok_or_else(|| self.err(n, format!("input {i} is missing")))
+                    })
+                    .collect::<Result<_>>()?;
+                match (&vals[0], &vals[1]) {
+                    (Value::Node(a), Value::Node(b)) => self.g.add_as(
+                        &name,
+                        Elementwise {
+                            kind,
+                            constant: None,
+                        },
+                        &[*a, *b],
+                    )?,
+                    (Value::Node(a), Value::Const(c)) | (Value::Const(c), Value::Node(a)) => {
+                        let side = if matches!(vals[0], Value::Node(_)) {
+                            Side::Rhs
+                        } else {
+                            Side::Lhs
+                        };
+                        let e = Elementwise {
+                            kind,
+                            constant: Some(ConstOperand {
+                                shape: c.dims.clone(),
+                                side,
+                            }),
+                        };
+                        let r = self.g.add_as(&name, e, &[*a])?;
+                        self.weights
+                            .push((format!("{name}.constant"), Self::tensor(c)?));
+                        r
+                    }
+                    (Value::Const(_), Value::Const(_)) => unreachable!("folded above"),
+                }
+            }
+            "Concat" => {
+                let axis = Self::int(n, "axis")
+                    .ok_or_else(|| self.err(n, "Concat without axis".into()))?;
+                let refs = (0..n.input.len())
+                    .map(|i| self.node_input(n, i))
+                    .collect::<Result<Vec<_>>>()?;
+                self.g.add_as(&name, Concat::new(axis as isize), &refs)?
+            }
+            "ReduceMean" => {
+                let axes = match self.opt_constant(n, 1)? {
+                    Some(c) => c.ints(),
+                    None => Self::ints(n, "axes")
+                        .unwrap_or_else(|| (1..=self.g.shape(x).rank() as i64).collect()),
+                };
+                let keep = Self::int(n, "keepdims").unwrap_or(1) == 1;
+                let axes: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
+                self.g
+                    .lambda_as(&name, Reduce::mean(axes).keepdims(keep), &[x], &[])?
+            }
+            other => {
+                return Err(self.err(
+                    n,
+                    format!(
+                        "unsupported ONNX op '{other}' (supported: {})",
+                        SUPPORTED_OPS.join(", ")
+                    ),
+                ));
+            }
+        };
+        self.finish(n, r)
+    }
+
+    /// ONNX Reshape targets include the batch axis; layerlens reshapes per sample.
+    fn per_sample_reshape(
+        &self,
+        n: &NodeProto,
+        target: &[i64],
+        input: &Shape,
+    ) -> Result<Vec<isize>> {
+        if target.is_empty() {
+            return Err(self.err(n, "empty reshape target".into()));
+        }
+        let first_ok = matches!(target[0], BATCH | 0 | -1);
+        let rest_has_infer = target[1..].contains(&-1);
+        if !first_ok || (target[0] == -1 && rest_has_infer) {
+            return Err(self.err(
+                n,
+                format!(
+                    "reshape target {target:?} does not keep the batch axis first; not supported"
+                ),
+            ));
+        }
+        target[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| match d {
+                0 => input.dims().get(i).map(|&v| v as isize).ok_or_else(|| {
+                    self.err(
+                        n,
+                        format!("0 in reshape target {target:?} copies a dim the input lacks"),
+                    )
+                }),
+                BATCH => Err(self.err(
+                    n,
+                    "the batch size appears after the first axis of a reshape target".into(),
+                )),
+                d => Ok(d as isize),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,25 @@
+//! # layerlens-onnx
+//!
+//! Imports an ONNX model into the layerlens graph IR, so that every node output
+//! of a CNN exported from PyTorch, Paddle or TensorFlow can be tapped, hooked,
+//! differentiated and visualised like any layerlens model.
+//!
+//! Each ONNX node becomes one layerlens node named after the ONNX node (or its
+//! first output when unnamed); every output tensor name is an alias of it, so
+//! `extract` accepts either. `Identity` and `Dropout` become aliases of their
+//! input. Shape arithmetic (`Shape`, `Gather`, `Slice`, `Concat`, `Cast`,
+//! `Unsqueeze`, `Constant`, ...) on values known at import is folded away.
+//! Weights come from initializers, `Constant` nodes and external data files.
+//!
+//! ```no_run
+//! let model = layerlens_onnx::import("resnet18.onnx")?;
+//! println!("{}", model.summary());
+//! # Ok::<(), layerlens_core::Error>(())
+//! ```
+
+mod fold;
+mod import;
+pub mod proto;
+mod tensor;
+
+pub use import::{import, import_bytes, import_with, ImportOptions, SUPPORTED_OPS};

@@ -1,0 +1,119 @@
+//! Decoding `TensorProto`s (inline or external data) into values.
+
+use crate::proto::{data_type, TensorProto};
+use std::path::Path;
+
+/// A decoded tensor: its dims and its data, as f32 or i64.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Const {
+    pub dims: Vec<usize>,
+    pub data: Data,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Data {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// The batch entry of a folded `Shape`: unknown until run time.
+pub(crate) const BATCH: i64 = i64::MIN;
+
+impl Const {
+    pub fn len(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len(),
+            Data::I64(v) => v.len(),
+        }
+    }
+    pub fn ints(&self) -> Vec<i64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::I64(v) => v.clone(),
+        }
+    }
+    pub fn floats(&self) -> Vec<f32> {
+        match &self.data {
+            Data::F32(v) => v.clone(),
+            Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+    pub fn i64s(dims: Vec<usize>, v: Vec<i64>) -> Self {
+        Const {
+            dims,
+            data: Data::I64(v),
+        }
+    }
+}
+
+fn le_chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    raw.chunks_exact(N)
+        .map(|c| c.try_into().expect("chunk size"))
+}
+
+/// Decodes `t`; `base` is the directory external data paths are relative to.
+pub(crate) fn decode(t: &TensorProto, base: &Path) -> Result<Const, String> {
+    let dims: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
+        .collect::<Result<_, _>>()?;
+    let n: usize = dims.iter().product();
+    let external;
+    let raw: &[u8] = if t.data_location == 1 {
+        let get = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.clone())
+        };
+        let loc = get("location").ok_or("external data without a location")?;
+        let path = base.join(&loc);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("external data file {}: {e}", path.display()))?;
+        let offset: usize = get("offset")
+            .map(|v| v.parse().map_err(|_| format!("bad offset '{v}'")))
+            .transpose()?
+            .unwrap_or(0);
+        let length: usize = match get("length") {
+            Some(v) => v.parse().map_err(|_| format!("bad length '{v}'"))?,
+            None => bytes.len().saturating_sub(offset),
+        };
+        if offset + length > bytes.len() {
+            return Err(format!(
+                "external data {}: bytes {offset}..{} past the end ({} bytes)",
+                path.display(),
+                offset + length,
+                bytes.len()
+            ));
+        }
+        external = bytes[offset..offset + length].to_vec();
+        &external
+    } else {
+        &t.raw_data
+    };
+    let data = match t.data_type {
+        data_type::FLOAT if !raw.is_empty() => Data::F32(le_chunks::<4>(raw).map(f32::from_le_bytes).collect()),
+        data_type::FLOAT => Data::F32(t.float_data.clone()),
+        data_type::DOUBLE if !raw.is_empty() => Data::F32(le_chunks::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect()),
+        data_type::DOUBLE => Data::F32(t.double_data.iter().map(|&x| x as f32).collect()),
+        data_type::INT64 if !raw.is_empty() => Data::I64(le_chunks::<8>(raw).map(i64::from_le_bytes).collect()),
+        data_type::INT64 => Data::I64(t.int64_data.clone()),
+        data_type::INT32 if !raw.is_empty() => Data::I64(le_chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as i64).collect()),
+        data_type::INT32 | data_type::INT8 | data_type::UINT8 | data_type::BOOL if raw.is_empty() => {
+            Data::I64(t.int32_data.iter().map(|&x| x as i64).collect())
+        }
+        data_type::INT8 => Data::I64(raw.iter().map(|&b| b as i8 as i64).collect()),
+        data_type::UINT8 | data_type::BOOL => Data::I64(raw.iter().map(|&b| b as i64).collect()),
+        other => return Err(format!("unsupported tensor data type {other} (float32, float64, int64, int32, int8, uint8, bool are)")),
+    };
+    let c = Const { dims, data };
+    if c.len() != n {
+        return Err(format!(
+            "holds {} values but its dims {:?} need {n}",
+            c.len(),
+            c.dims
+        ));
+    }
+    Ok(c)
+}

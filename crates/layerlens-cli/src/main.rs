@@ -34,7 +34,7 @@ enum Command {
     ///
     /// Example: layerlens summary zoo:seed_cnn
     Summary {
-        /// A saved layerlens model directory, or zoo:NAME (zoo:seed_cnn).
+        /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
         model: String,
     },
     /// Trains a model with cross-entropy on its output plus optional mean-square
@@ -42,7 +42,7 @@ enum Command {
     ///
     /// Example: layerlens train zoo:seed_cnn --data fashion-mnist --epochs 3 --aux conv2d=0.1 --out trained
     Train {
-        /// A saved layerlens model directory, or zoo:NAME.
+        /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
         model: String,
         /// fashion-mnist (the full set, scripts/install-fashion-mnist.sh), embedded
         /// (the 2 000 / 500 image subset), or folder:PATH (one sub-folder per class).
@@ -78,7 +78,7 @@ enum Command {
     ///
     /// Example: layerlens extract zoo:seed_cnn --input embedded:fashion-mnist-test --layers 'conv2d*' --apply mean --out feats.safetensors
     Extract {
-        /// A saved layerlens model directory, or zoo:NAME.
+        /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
         model: String,
         /// Inputs: .npy or .safetensors float32 NCHW tensors (the first tensor of a
         /// safetensors file), or embedded:fashion-mnist-test / embedded:fashion-mnist-train.
@@ -144,19 +144,32 @@ fn main() {
     }
 }
 
+/// MODEL arguments: `zoo:NAME[=WEIGHTS]`, an `.onnx` file, or a saved model directory.
 fn load_model(spec: &str) -> Result<Model> {
-    if let Some(name) = spec.strip_prefix("zoo:") {
-        return match name {
-            "seed_cnn" => Ok(layerlens::zoo::seed_cnn(true)?),
-            other => bail!("unknown zoo model '{other}' (available: seed_cnn)"),
+    if let Some(rest) = spec.strip_prefix("zoo:") {
+        let (name, weights) = match rest.split_once('=') {
+            Some((n, w)) => (n, Some(w)),
+            None => (rest, None),
         };
+        let model = match name {
+            "seed_cnn" => layerlens::zoo::seed_cnn(true)?,
+            "resnet18" => layerlens::zoo::resnet18(1000)?,
+            "vgg16" => layerlens::zoo::vgg16(true, 1000)?,
+            "vgg16_notop" => layerlens::zoo::vgg16(false, 1000)?,
+            "efficientnet_lite0" => layerlens::zoo::efficientnet_lite0(1000)?,
+            other => bail!("unknown zoo model '{other}' (available: seed_cnn, resnet18, vgg16, vgg16_notop, efficientnet_lite0)"),
+        };
+        if let Some(w) = weights {
+            layerlens::weights::load_weights(&model, w)?;
+        }
+        return Ok(model);
     }
     let path = Path::new(spec);
+    if path.extension().is_some_and(|e| e == "onnx") {
+        return Ok(layerlens::onnx::import(path)?);
+    }
     if !path.is_dir() {
-        bail!(
-            "{spec}: not a saved layerlens model directory (expected {}/model.json) nor zoo:NAME",
-            spec
-        );
+        bail!("{spec}: not an .onnx file, a saved layerlens model directory (with model.json) or zoo:NAME[=WEIGHTS]");
     }
     Ok(Model::load(path, &Device::Cpu)?)
 }

@@ -23,3 +23,5 @@ pub mod proto;
 mod tensor;
 
 pub use import::{import, import_bytes, import_with, ImportOptions, SUPPORTED_OPS};
+/// prost's decoding trait, to read [`proto`] messages directly.
+pub use prost::Message;

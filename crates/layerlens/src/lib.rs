@@ -25,6 +25,7 @@ pub mod preprocess;
 pub mod weights;
 pub mod zoo;
 
+pub use layerlens_onnx as onnx;
 pub use layerlens_train as train;
 pub use layerlens_train::data;
 

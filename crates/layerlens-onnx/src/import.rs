@@ -7,8 +7,9 @@ use candle_core::{Device, Tensor};
 use layerlens_core::builder::{Functional, NodeRef};
 use layerlens_core::lambda::Reduce;
 use layerlens_core::ops::{
-    Activation, BatchNorm, BinaryKind, Concat, ConstOperand, Conv2d, Dense, Elementwise, Flatten,
-    GlobalAvgPool, Padding, Pool2d, PoolKind, Reshape, Side,
+    Activation, BatchNorm, BinaryKind, Concat, ConstOperand, Conv2d, ConvTranspose2d, Dense,
+    Elementwise, Flatten, GlobalAvgPool, Pad2d, PadMode, Padding, Permute, Pool2d, PoolKind,
+    Reshape, Side, Upsample, UpsampleMode,
 };
 use layerlens_core::{Error, Model, Result, Shape};
 use prost::Message;
@@ -49,6 +50,11 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Slice",
     "Cast",
     "Constant",
+    "ConvTranspose",
+    "Pad",
+    "Transpose",
+    "Resize",
+    "Upsample",
 ];
 
 /// Import settings.
@@ -782,6 +788,164 @@ impl Importer<'_> {
                 let axes: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
                 self.g
                     .lambda_as(&name, Reduce::mean(axes).keepdims(keep), &[x], &[])?
+            }
+            "ConvTranspose" => {
+                let w = self.constant(n, 1)?;
+                if w.dims.len() != 4 || w.dims[2] != w.dims[3] {
+                    return Err(self.err(n, format!("only square 2-D transposed convolutions are supported (weight dims {:?})", w.dims)));
+                }
+                if Self::int(n, "group").unwrap_or(1) != 1 || attr(n, "output_shape").is_some() {
+                    return Err(self.err(n, "groups > 1 and output_shape are not supported".into()));
+                }
+                let auto = attr(n, "auto_pad")
+                    .map(|a| String::from_utf8_lossy(&a.s).to_string())
+                    .unwrap_or_default();
+                if !matches!(auto.as_str(), "" | "NOTSET" | "VALID") {
+                    return Err(self.err(
+                        n,
+                        format!("auto_pad '{auto}' is not supported for ConvTranspose"),
+                    ));
+                }
+                let uniform = |v: Option<Vec<i64>>, d: i64, what: &str| -> Result<usize> {
+                    let v = v.unwrap_or_else(|| vec![d; 2]);
+                    if v.iter().any(|&x| x != v[0] || x < 0) {
+                        return Err(self.err(
+                            n,
+                            format!("{what} {v:?}: only equal, non-negative values are supported"),
+                        ));
+                    }
+                    Ok(v[0] as usize)
+                };
+                let b = self.opt_constant(n, 2)?;
+                let ct = ConvTranspose2d {
+                    filters: w.dims[1],
+                    kernel: w.dims[2],
+                    stride: uniform(Self::ints(n, "strides"), 1, "strides")?,
+                    padding: uniform(Self::ints(n, "pads"), 0, "pads")?,
+                    output_padding: uniform(Self::ints(n, "output_padding"), 0, "output_padding")?,
+                    dilation: uniform(Self::ints(n, "dilations"), 1, "dilations")?,
+                    bias: b.is_some(),
+                    in_channels: 0,
+                };
+                let r = self.g.add_as(&name, ct, &[x])?;
+                self.weights
+                    .push((format!("{name}.weight"), Self::tensor(&w)?));
+                if let Some(b) = b {
+                    self.weights
+                        .push((format!("{name}.bias"), Self::tensor(&b)?));
+                }
+                r
+            }
+            "Pad" => {
+                let mode = attr(n, "mode")
+                    .map(|a| String::from_utf8_lossy(&a.s).to_string())
+                    .unwrap_or_else(|| "constant".into());
+                let (pads, value) = if self.opset >= 11 {
+                    let v = self
+                        .opt_constant(n, 2)?
+                        .map(|c| c.floats()[0])
+                        .unwrap_or(0.0);
+                    (self.constant(n, 1)?.ints(), v)
+                } else {
+                    (
+                        Self::ints(n, "pads").unwrap_or_default(),
+                        Self::float(n, "value").unwrap_or(0.0),
+                    )
+                };
+                if pads.len() != 8
+                    || pads[0] != 0
+                    || pads[1] != 0
+                    || pads[4] != 0
+                    || pads[5] != 0
+                    || pads.iter().any(|&p| p < 0)
+                {
+                    return Err(self.err(n, format!("pads {pads:?}: only non-negative padding of the two spatial axes of an NCHW tensor is supported")));
+                }
+                let mode = match mode.as_str() {
+                    "constant" => PadMode::Constant(value),
+                    "edge" => PadMode::Edge,
+                    other => {
+                        return Err(self.err(
+                            n,
+                            format!("pad mode '{other}' is not supported (constant, edge are)"),
+                        ))
+                    }
+                };
+                let p = |i: usize| pads[i] as usize;
+                self.g.add_as(
+                    &name,
+                    Pad2d {
+                        pads: [p(2), p(6), p(3), p(7)],
+                        mode,
+                    },
+                    &[x],
+                )?
+            }
+            "Transpose" => {
+                let rank = self.g.shape(x).rank() + 1;
+                let perm =
+                    Self::ints(n, "perm").unwrap_or_else(|| (0..rank as i64).rev().collect());
+                if perm.first() != Some(&0) {
+                    return Err(self.err(
+                        n,
+                        format!("perm {perm:?} moves the batch axis; not supported"),
+                    ));
+                }
+                let per: Vec<usize> = perm[1..].iter().map(|&p| (p - 1).max(0) as usize).collect();
+                self.g.add_as(&name, Permute { perm: per }, &[x])?
+            }
+            "Resize" | "Upsample" => {
+                let (h, w) = self.spatial(x);
+                let scales_input = if op == "Upsample" { 1 } else { 2 };
+                let scales = match self.opt_constant(n, scales_input)? {
+                    Some(c) if c.len() > 0 => Some(c.floats()),
+                    _ => attr(n, "scales").map(|a| a.floats.clone()),
+                };
+                let sizes = if op == "Resize" {
+                    self.opt_constant(n, 3)?.map(|c| c.ints())
+                } else {
+                    None
+                };
+                let size = match (sizes, scales) {
+                    (Some(s), _) if s.len() == 4 => [s[2] as usize, s[3] as usize],
+                    (_, Some(s)) if s.len() == 4 && s[0] == 1.0 && s[1] == 1.0 => {
+                        [(h as f32 * s[2]).floor() as usize, (w as f32 * s[3]).floor() as usize]
+                    }
+                    _ => return Err(self.err(n, "only NCHW resizing of the spatial axes (scales [1, 1, sh, sw] or 4 sizes) is supported".into())),
+                };
+                let s = |k: &str, d: &str| {
+                    attr(n, k)
+                        .map(|a| String::from_utf8_lossy(&a.s).to_string())
+                        .unwrap_or_else(|| d.to_string())
+                };
+                let mode = s("mode", "nearest");
+                let coord = s(
+                    "coordinate_transformation_mode",
+                    if op == "Upsample" {
+                        "asymmetric"
+                    } else {
+                        "half_pixel"
+                    },
+                );
+                let nearest = s(
+                    "nearest_mode",
+                    if op == "Upsample" {
+                        "floor"
+                    } else {
+                        "round_prefer_floor"
+                    },
+                );
+                let mode = match (mode.as_str(), coord.as_str(), nearest.as_str()) {
+                    ("nearest", "asymmetric", "floor") => UpsampleMode::Nearest,
+                    // With integer upscaling factors every nearest mode picks the same source pixel.
+                    ("nearest", "asymmetric", _) if size[0] % h == 0 && size[1] % w == 0 => UpsampleMode::Nearest,
+                    ("linear" | "bilinear", "half_pixel" | "pytorch_half_pixel", _) => UpsampleMode::Bilinear,
+                    ("linear" | "bilinear", "align_corners", _) => UpsampleMode::BilinearAlignCorners,
+                    (m, c, nm) => {
+                        return Err(self.err(n, format!("resize mode '{m}' with coordinate_transformation_mode '{c}' and nearest_mode '{nm}' is not supported")))
+                    }
+                };
+                self.g.add_as(&name, Upsample { size, mode }, &[x])?
             }
             other => {
                 return Err(self.err(

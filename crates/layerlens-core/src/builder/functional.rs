@@ -312,6 +312,27 @@ impl Functional {
         Ok(NodeRef(id))
     }
 
+    /// Applies the layer of an existing node again, with the same weights, to new
+    /// inputs (Keras' `model.layers[2](x)`, PyTorch's calling a module twice). The
+    /// new node is named `layer@1`, `layer@2`, ...
+    pub fn reuse(&mut self, node: &str, inputs: &[NodeRef]) -> Result<NodeRef> {
+        let id = self.graph.find(node)?;
+        let n = &self.graph.nodes[id];
+        if matches!(n.op, OpT::Input(_)) {
+            return Err(Error::invalid(
+                node,
+                "an input is not a layer that can be applied again",
+            ));
+        }
+        let (layer, op) = (n.layer.clone(), n.op.clone());
+        let mut k = 1;
+        while self.name_taken(&format!("{layer}@{k}")) {
+            k += 1;
+        }
+        self.push(format!("{layer}@{k}"), op, &ids(inputs), Some(layer))
+            .map(NodeRef)
+    }
+
     /// Adds a [`Block`] under the name scope `scope`; `scope` then names its output.
     pub fn block(&mut self, scope: &str, block: &dyn Block, inputs: &[NodeRef]) -> Result<NodeRef> {
         let full = self.explicit_name(scope)?;

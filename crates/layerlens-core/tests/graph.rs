@@ -540,3 +540,9 @@ fn frozen_layers_keep_their_parameters_out_of_training() {
         ["dense.bias", "dense.weight"]
     );
 }
+
+#[test]
+fn a_bad_sequential_input_is_reported_by_the_next_call() {
+    let e = Sequential::new("m", [0, 28, 28]).add(Flatten).err().unwrap().to_string();
+    assert!(e.contains("input shape (N, 0, 28, 28) must be non-empty"), "{e}");
+}

@@ -28,7 +28,9 @@ use candle_core::Device;
 /// ```
 pub struct Sequential {
     g: Functional,
-    last: NodeRef,
+    /// The last node, or why the stack could not start (a bad input shape),
+    /// reported by the next call.
+    last: std::result::Result<NodeRef, String>,
 }
 
 impl Sequential {
@@ -40,9 +42,7 @@ impl Sequential {
     /// Like [`new`](Self::new) but building with a configured [`Functional`]
     /// (device, seed).
     pub fn from_functional(mut g: Functional, input: impl Into<Shape>) -> Self {
-        // An input name cannot clash in a fresh builder, and an empty shape is
-        // reported by `build` through the stored error below.
-        let last = g.input("input", input).unwrap_or(NodeRef(usize::MAX));
+        let last = g.input("input", input).map_err(|e| e.to_string());
         Sequential { g, last }
     }
 
@@ -52,47 +52,35 @@ impl Sequential {
         self
     }
 
-    fn check_input(&self) -> Result<()> {
-        if self.last.0 == usize::MAX {
-            return Err(crate::Error::invalid(
-                "input",
-                "the input shape must be non-empty with no zero dims",
-            ));
-        }
-        Ok(())
+    fn last(&self) -> Result<NodeRef> {
+        self.last.clone().map_err(|m| crate::Error::invalid("input", m))
     }
 
     /// Appends a layer with an automatic name.
     #[allow(clippy::should_implement_trait)] // Keras' name; not an arithmetic `+`.
     pub fn add(mut self, layer: impl Into<Op>) -> Result<Self> {
-        self.check_input()?;
-        self.last = self.g.add(layer, &[self.last])?;
+        let last = self.last()?;
+        self.last = Ok(self.g.add(layer, &[last])?);
         Ok(self)
     }
 
     /// Appends a layer with an explicit name.
     pub fn add_as(mut self, name: &str, layer: impl Into<Op>) -> Result<Self> {
-        self.check_input()?;
-        self.last = self.g.add_as(name, layer, &[self.last])?;
+        let last = self.last()?;
+        self.last = Ok(self.g.add_as(name, layer, &[last])?);
         Ok(self)
     }
 
     /// Appends a Lambda or custom layer.
     pub fn lambda(mut self, op: impl CustomOp + 'static, weights: &[WeightRef]) -> Result<Self> {
-        self.check_input()?;
-        self.last = self.g.lambda(op, &[self.last], weights)?;
+        let last = self.last()?;
+        self.last = Ok(self.g.lambda(op, &[last], weights)?);
         Ok(self)
-    }
-
-    /// The functional builder underneath, for wiring beyond a stack.
-    pub fn functional(&mut self) -> (&mut Functional, NodeRef) {
-        (&mut self.g, self.last)
     }
 
     /// Finishes the model; its output is the last layer.
     pub fn build(self) -> Result<Model> {
-        self.check_input()?;
-        let last = self.last;
+        let last = self.last()?;
         self.g.build(&[last])
     }
 }

@@ -50,6 +50,7 @@ pub mod plan;
 pub mod select;
 pub mod shape;
 pub mod summary;
+pub mod zoo;
 
 pub use builder::{Functional, Sequential};
 pub use error::{Error, Result};

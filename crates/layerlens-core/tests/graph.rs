@@ -5,21 +5,7 @@ use layerlens_core::prelude::*;
 use std::sync::{Arc, Mutex};
 
 fn seed_cnn() -> Model {
-    Sequential::new("seed_cnn", [1, 28, 28])
-        .add(Conv2d::new(32, 3).activation(Activation::Relu))
-        .unwrap()
-        .add(Pool2d::max(2))
-        .unwrap()
-        .add(Conv2d::new(64, 3).activation(Activation::Relu))
-        .unwrap()
-        .add(Pool2d::max(2))
-        .unwrap()
-        .add(Flatten)
-        .unwrap()
-        .add(Dense::new(10).activation(Activation::SOFTMAX))
-        .unwrap()
-        .build()
-        .unwrap()
+    layerlens_core::zoo::seed_cnn(true).unwrap()
 }
 
 fn input(n: usize) -> Tensor {
@@ -543,6 +529,13 @@ fn frozen_layers_keep_their_parameters_out_of_training() {
 
 #[test]
 fn a_bad_sequential_input_is_reported_by_the_next_call() {
-    let e = Sequential::new("m", [0, 28, 28]).add(Flatten).err().unwrap().to_string();
-    assert!(e.contains("input shape (N, 0, 28, 28) must be non-empty"), "{e}");
+    let e = Sequential::new("m", [0, 28, 28])
+        .add(Flatten)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("input shape (N, 0, 28, 28) must be non-empty"),
+        "{e}"
+    );
 }

@@ -35,28 +35,10 @@ impl Seed {
     }
 }
 
-fn seed_cnn(input: [usize; 3]) -> Model {
-    Sequential::new("seed_cnn", input)
-        .add(Conv2d::new(32, 3).activation(Activation::Relu))
-        .unwrap()
-        .add(Pool2d::max(2))
-        .unwrap()
-        .add(Conv2d::new(64, 3).activation(Activation::Relu))
-        .unwrap()
-        .add(Pool2d::max(2))
-        .unwrap()
-        .add(Flatten)
-        .unwrap()
-        .add(Dense::new(10).activation(Activation::SOFTMAX))
-        .unwrap()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn seed_000_example_1_intermediate_model_and_spatial_mean_lambda() {
     let s = Seed::load();
-    let model = seed_cnn([1, 28, 28]);
+    let model = layerlens_core::zoo::seed_cnn(true).unwrap();
     s.params("s000e1", &model);
     let x = s.get("s000e1/input");
     let acts = model.extract(x, &["conv2d"]).unwrap();

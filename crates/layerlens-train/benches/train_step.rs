@@ -6,7 +6,7 @@
 //! Prints one line per phase: `layerlens <phase> median_ms=<m> min_ms=<m>`.
 
 use candle_core::{Device, Tensor};
-use layerlens_core::prelude::*;
+use layerlens_core::RunOptions;
 use layerlens_train::loss::{Loss, Targets};
 use layerlens_train::optim::{Adam, Optimizer};
 use std::time::Instant;
@@ -21,14 +21,7 @@ fn main() -> layerlens_core::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let model = Sequential::new("seed_cnn", [1, 28, 28])
-        .add(Conv2d::new(32, 3).activation(Activation::Relu))?
-        .add(Pool2d::max(2))?
-        .add(Conv2d::new(64, 3).activation(Activation::Relu))?
-        .add(Pool2d::max(2))?
-        .add(Flatten)?
-        .add(Dense::new(10))?
-        .build()?;
+    let model = layerlens_core::zoo::seed_cnn(false)?;
     let x = Tensor::rand(0f32, 1f32, (64, 1, 28, 28), &Device::Cpu)?;
     let labels: Vec<u32> = (0..64).map(|i| i % 10).collect();
     let y = Tensor::from_vec(labels, 64, &Device::Cpu)?;

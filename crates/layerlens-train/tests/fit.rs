@@ -8,21 +8,7 @@ use layerlens_train::loss::Loss;
 use layerlens_train::optim::{Adam, LrSchedule};
 
 fn seed_cnn(seed: u64) -> Model {
-    Sequential::from_functional(Functional::new("seed_cnn").seed(seed), [1, 28, 28])
-        .add(Conv2d::new(32, 3).activation(Activation::Relu))
-        .unwrap()
-        .add(Pool2d::max(2))
-        .unwrap()
-        .add(Conv2d::new(64, 3).activation(Activation::Relu))
-        .unwrap()
-        .add(Pool2d::max(2))
-        .unwrap()
-        .add(Flatten)
-        .unwrap()
-        .add(Dense::new(10))
-        .unwrap()
-        .build()
-        .unwrap()
+    layerlens_core::zoo::seed_cnn_seeded(false, seed).unwrap()
 }
 
 fn cfg(epochs: usize) -> FitConfig {

@@ -3,7 +3,6 @@
 //! Adam, SGD (momentum, Nesterov, weight decay) and AdamW steps, within 1e-4.
 
 use candle_core::{DType, Device, Tensor};
-use layerlens_core::prelude::{Activation, Conv2d, Dense, Flatten, Pool2d, Sequential};
 use layerlens_core::{Model, RunOptions};
 use layerlens_train::loss::{Loss, Targets};
 use layerlens_train::optim::{Adam, Optimizer, Sgd};
@@ -20,21 +19,7 @@ fn fixture() -> HashMap<String, Tensor> {
 }
 
 fn seed_cnn(fx: &HashMap<String, Tensor>) -> Model {
-    let m = Sequential::new("seed_cnn", [1, 28, 28])
-        .add(Conv2d::new(32, 3).activation(Activation::Relu))
-        .unwrap()
-        .add(Pool2d::max(2))
-        .unwrap()
-        .add(Conv2d::new(64, 3).activation(Activation::Relu))
-        .unwrap()
-        .add(Pool2d::max(2))
-        .unwrap()
-        .add(Flatten)
-        .unwrap()
-        .add(Dense::new(10))
-        .unwrap()
-        .build()
-        .unwrap();
+    let m = layerlens_core::zoo::seed_cnn(false).unwrap();
     for (k, _) in m.params().iter() {
         m.params().set(k, &fx[&format!("init.{k}")]).unwrap();
     }

@@ -12,27 +12,7 @@
 use layerlens_core::builder::{Block, Functional, NodeRef};
 use layerlens_core::prelude::*;
 
-/// The CNN of seeds 000/001/004 (Keras): 28×28×1 → conv 32 3×3 ReLU → max-pool 2
-/// → conv 64 3×3 ReLU → max-pool 2 → flatten → dense 10, named as Keras names
-/// them: `conv2d`, `max_pooling2d`, `conv2d_1`, `max_pooling2d_1`, `flatten`,
-/// `dense`. With `softmax` the last layer outputs probabilities, otherwise logits
-/// (what losses from logits and Grad-CAM want).
-pub fn seed_cnn(softmax: bool) -> Result<Model> {
-    let dense = Dense::new(10);
-    let dense = if softmax {
-        dense.activation(Activation::SOFTMAX)
-    } else {
-        dense
-    };
-    Sequential::new("seed_cnn", [1, 28, 28])
-        .add(Conv2d::new(32, 3).activation(Activation::Relu))?
-        .add(Pool2d::max(2))?
-        .add(Conv2d::new(64, 3).activation(Activation::Relu))?
-        .add(Pool2d::max(2))?
-        .add(Flatten)?
-        .add(dense)?
-        .build()
-}
+pub use layerlens_core::zoo::{seed_cnn, seed_cnn_seeded};
 
 /// torchvision's `BasicBlock`. Its single `relu` module is called twice, so here
 /// it is a shared layer: `relu` after `bn1` and `relu@1` after the residual add,

@@ -53,7 +53,9 @@ impl Sequential {
     }
 
     fn last(&self) -> Result<NodeRef> {
-        self.last.clone().map_err(|m| crate::Error::invalid("input", m))
+        self.last
+            .clone()
+            .map_err(|m| crate::Error::invalid("input", m))
     }
 
     /// Appends a layer with an automatic name.

@@ -1,0 +1,1 @@
+//! CAMs: see the module docs once implemented.

@@ -30,7 +30,8 @@ impl Range {
     /// the bottom if it is `[0, 0]`, in the middle otherwise: never NaN.
     pub fn t(&self, v: f32) -> f32 {
         let span = self.hi - self.lo;
-        if !(span > f32::EPSILON * self.hi.abs().max(self.lo.abs()).max(1.0)) {
+        let tiny = f32::EPSILON * self.hi.abs().max(self.lo.abs()).max(1.0);
+        if span.is_nan() || span <= tiny {
             return if self.lo == 0.0 && self.hi == 0.0 {
                 0.0
             } else {

@@ -28,6 +28,7 @@ pub mod zoo;
 pub use layerlens_onnx as onnx;
 pub use layerlens_train as train;
 pub use layerlens_train::data;
+pub use layerlens_viz as viz;
 
 pub use layerlens_core::*;
 

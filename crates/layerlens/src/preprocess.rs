@@ -55,6 +55,12 @@ pub fn load_image(
     let img = img.resize_exact(nw, nh, image::imageops::FilterType::Triangle);
     let (left, top) = ((nw - size as u32) / 2, (nh - size as u32) / 2);
     let img = img.crop_imm(left, top, size as u32, size as u32);
+    from_image(&img, channels, preset)
+}
+
+/// An image, as it is, to a `(1, C, H, W)` tensor with `preset` applied.
+pub fn from_image(img: &image::DynamicImage, channels: usize, preset: Preset) -> Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
     let raw: Vec<u8> = match channels {
         1 => img.to_luma8().into_raw(),
         3 => img.to_rgb8().into_raw(),
@@ -66,7 +72,7 @@ pub fn load_image(
         }
     };
     let px: Vec<f32> = raw.iter().map(|&v| v as f32).collect();
-    let x = Tensor::from_vec(px, (size, size, channels), &Device::Cpu)?
+    let x = Tensor::from_vec(px, (h, w, channels), &Device::Cpu)?
         .permute((2, 0, 1))?
         .contiguous()?;
     let x = match preset {

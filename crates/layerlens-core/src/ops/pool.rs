@@ -192,8 +192,9 @@ impl LayerOp for GlobalAvgPool {
 /// seed CNN); its max-pool gradient is scaled by `ties / k²` instead of
 /// `1 / ties` (a quarter of the true gradient for 2×2 windows); and it refuses
 /// kernel != stride. So, while gradients are tracked, max pooling is built from
-/// reshapes (kernel == stride) or strided views (otherwise) and reduced with
-/// `max`, whose backward is right; average pooling with kernel == stride crops to
+/// reshapes (kernel == stride) or strided views (otherwise) and the first
+/// maximum of each window is gathered, so the gradient reaches that element only,
+/// as in PyTorch; average pooling with kernel == stride crops to
 /// the covered region first, which makes candle's backward exact. Without
 /// tracking, candle's fast kernels run. Values are identical on every path.
 pub(crate) fn pool_valid(
@@ -220,7 +221,13 @@ pub(crate) fn pool_valid(
         };
         return match kind {
             PoolKind::Avg => native(&x),
-            PoolKind::Max => x.reshape((n, c, oh, k.0, ow, k.1))?.max(5)?.max(3),
+            PoolKind::Max => {
+                let windows = x
+                    .reshape((n, c, oh, k.0, ow, k.1))?
+                    .permute((0, 1, 2, 4, 3, 5))?
+                    .reshape((n, c, oh, ow, k.0 * k.1))?;
+                first_max(&windows, 4)
+            }
         };
     }
     // Pad so that every strided view below fits; padded cells are never selected.
@@ -248,7 +255,15 @@ pub(crate) fn pool_valid(
     }
     let stacked = Tensor::stack(&views, 0)?;
     match kind {
-        PoolKind::Max => stacked.max(0),
+        PoolKind::Max => first_max(&stacked, 0),
         PoolKind::Avg => stacked.mean(0),
     }
+}
+
+/// The maximum along `dim`, differentiable into the first maximal element only
+/// (PyTorch's and TensorFlow's max-pool gradient; `max`'s own backward would give
+/// every tied element, e.g. a window of ReLU zeros, the full gradient).
+fn first_max(windows: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+    let idx = windows.detach().argmax_keepdim(dim)?;
+    windows.contiguous()?.gather(&idx, dim)?.squeeze(dim)
 }

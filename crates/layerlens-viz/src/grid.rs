@@ -177,7 +177,19 @@ pub fn feature_grid(act: &Tensor, opts: &GridOptions) -> Result<RgbImage> {
     let label_h = if opts.labels { LABEL_H } else { 0 };
     let title_h = if opts.title.is_some() { TITLE_H } else { 0 };
     let bar_h = if opts.colorbar { BAR_H } else { 0 };
-    let cell_w = tw.max(if opts.labels { 64 } else { 0 });
+    let label_w = if opts.labels {
+        tiles
+            .iter()
+            .map(|(l, v)| {
+                let r = Range::of(v);
+                text::width(l, 1).max(text::width(&format!("{}..{}", num(r.lo), num(r.hi)), 1))
+            })
+            .max()
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let cell_w = tw.max(label_w);
     let width = GAP + cols * (cell_w + GAP);
     let height = title_h + GAP + rows * (th + label_h + GAP) + bar_h;
     let mut img = RgbImage::from_pixel(width, height, BG);

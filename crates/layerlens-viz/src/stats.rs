@@ -58,6 +58,90 @@ pub fn layer_stats(act: &Tensor) -> Result<LayerStats> {
     })
 }
 
+/// A histogram of `values` as a picture (bars drawn with plotters), with its
+/// range and the largest count written underneath.
+pub fn histogram(
+    values: &[f32],
+    bins: usize,
+    title: &str,
+    size: (u32, u32),
+) -> Result<image::RgbImage> {
+    use plotters::prelude::*;
+    let bins = bins.max(1);
+    let finite: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let (lo, hi) = finite
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    let (lo, hi) = if lo <= hi {
+        (lo, if hi > lo { hi } else { lo + 1.0 })
+    } else {
+        (0.0, 1.0)
+    };
+    let width = (hi - lo) / bins as f32;
+    let mut counts = vec![0usize; bins];
+    for v in &finite {
+        counts[(((v - lo) / width) as usize).min(bins - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(0).max(1);
+    let (w, h) = size;
+    let plot_h = h.saturating_sub(24);
+    let mut buf = vec![255u8; (w * plot_h * 3) as usize];
+    {
+        let err = |e: String| layerlens_core::Error::invalid("histogram", e);
+        let root = BitMapBackend::with_buffer(&mut buf, (w, plot_h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(6)
+            .build_cartesian_2d(lo..hi, 0f32..top as f32 * 1.05)
+            .map_err(|e| err(e.to_string()))?;
+        let bars = counts.iter().enumerate().map(|(i, &c)| {
+            let x0 = lo + i as f32 * width;
+            Rectangle::new(
+                [(x0, 0.0), (x0 + width * 0.9, c as f32)],
+                RGBColor(70, 110, 180).filled(),
+            )
+        });
+        chart.draw_series(bars).map_err(|e| err(e.to_string()))?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(lo, 0.0), (hi, 0.0)],
+                BLACK,
+            )))
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    for (i, px) in buf.chunks_exact(3).enumerate() {
+        img.put_pixel(
+            i as u32 % w,
+            i as u32 / w,
+            image::Rgb([px[0], px[1], px[2]]),
+        );
+    }
+    let ink = [20, 20, 20];
+    crate::text::draw(&mut img, 4, plot_h + 2, &format!("{lo:.3}"), ink, 1);
+    let hi_s = format!("{hi:.3}");
+    crate::text::draw(
+        &mut img,
+        w.saturating_sub(crate::text::width(&hi_s, 1) + 4),
+        plot_h + 2,
+        &hi_s,
+        ink,
+        1,
+    );
+    crate::text::draw(
+        &mut img,
+        4,
+        plot_h + 13,
+        &format!("{title} (max count {top})"),
+        [90, 90, 90],
+        1,
+    );
+    Ok(img)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

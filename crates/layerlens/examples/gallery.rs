@@ -6,6 +6,7 @@
 use layerlens::preprocess::{from_image, Preset};
 use layerlens::viz::cam::{cam, overlay, to_rgb_image, CamMethod, CamOptions};
 use layerlens::viz::grid::{feature_grid, filter_grid, save_png, GridOptions, Select};
+use layerlens::viz::report::{html_report, ReportOptions};
 use layerlens::viz::Colormap;
 use layerlens::Result;
 use std::path::PathBuf;
@@ -91,5 +92,29 @@ fn main() -> Result<()> {
             c.class, classes[c.class]
         );
     }
+    let report = ReportOptions {
+        title: "EfficientNet-Lite0 on chelsea.png".into(),
+        layers: Some(
+            [
+                "_relu0",
+                "_blocks.1",
+                "_blocks.5",
+                "_blocks.10",
+                "_blocks.15",
+                "_relu1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        cam: Some(CamOptions::new(CamMethod::GradCam, "_relu1")),
+        ..Default::default()
+    };
+    let html = html_report(&model, &x, Some(&base), &report)?;
+    let path = out.join("report.html");
+    std::fs::write(&path, html).map_err(|source| layerlens::Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    println!("wrote {}", path.display());
     Ok(())
 }

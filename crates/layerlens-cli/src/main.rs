@@ -402,7 +402,7 @@ fn demo(out: &Path) -> Result<()> {
     println!("  {}  input, conv2d, conv2d_1 and embedding tensors (open with safetensors in Python or Rust)", act_path.display());
     println!("  {}/  the feature model with its Lambdas (model.json + model.safetensors), reloaded and verified", model_dir.display());
     println!("  {}  both models' summaries", summary_path.display());
-    println!("\nThe weights are the seeded initialisation (training, pictures and reports arrive with the next issues).");
+    println!("\nThe weights are the seeded initialisation: `layerlens train zoo:seed_cnn --out trained` trains them; pictures, CAMs and HTML reports are in the library (layerlens::viz, see docs/visualisation.md).");
     println!("Try: layerlens extract {} --input embedded:fashion-mnist-test --layers embedding --out emb.safetensors", model_dir.display());
     Ok(())
 }

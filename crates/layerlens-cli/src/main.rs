@@ -73,6 +73,82 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Draws the feature maps of one layer for one image as a PNG grid.
+    ///
+    /// Example: layerlens show zoo:efficientnet_lite0=lite0.pth --input cat.png --preprocess efficientnet-lite --layer _blocks.1 --top 16 --out grid.png
+    Show {
+        /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+        model: String,
+        /// An image (png, jpg), or a .npy / .safetensors tensor.
+        #[arg(long)]
+        input: String,
+        /// The layer (node name).
+        #[arg(long)]
+        layer: String,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only the K channels with the highest mean activation.
+        #[arg(long)]
+        top: Option<usize>,
+        /// gray, viridis, magma, inferno or rdbu (default: gray, rdbu for signed maps).
+        #[arg(long)]
+        cmap: Option<String>,
+        /// auto (from the layer's activation), channel, shared.
+        #[arg(long, default_value = "auto")]
+        norm: String,
+        /// Image preprocessing: unit ([0, 1]), imagenet, efficientnet-lite.
+        #[arg(long, default_value = "unit")]
+        preprocess: String,
+    },
+    /// Draws a class activation map over the input image.
+    ///
+    /// Example: layerlens cam zoo:efficientnet_lite0=lite0.pth --input cat.png --preprocess efficientnet-lite --layer _relu1 --method gradcam++ --out cam.png
+    Cam {
+        /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+        model: String,
+        /// An image (png, jpg).
+        #[arg(long)]
+        input: String,
+        /// The layer whose activations are weighted (usually the last conv block).
+        #[arg(long)]
+        layer: String,
+        /// The class to explain (default: the top prediction).
+        #[arg(long)]
+        class: Option<usize>,
+        /// gradcam, gradcam++, scorecam, eigencam or layercam.
+        #[arg(long, default_value = "gradcam")]
+        method: String,
+        /// Heat-map opacity.
+        #[arg(long, default_value_t = 0.5)]
+        alpha: f32,
+        /// Image preprocessing: unit, imagenet, efficientnet-lite.
+        #[arg(long, default_value = "unit")]
+        preprocess: String,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Writes a self-contained HTML report: summary, Grad-CAM++, and per layer the
+    /// feature maps, statistics and a histogram.
+    ///
+    /// Example: layerlens report zoo:seed_cnn --input boot.png --out report.html
+    Report {
+        /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+        model: String,
+        /// An image (png, jpg), or a .npy / .safetensors tensor.
+        #[arg(long)]
+        input: String,
+        /// Comma-separated layers (default: up to 8 spread over the depth).
+        #[arg(long)]
+        layers: Option<String>,
+        /// Image preprocessing: unit, imagenet, efficientnet-lite.
+        #[arg(long, default_value = "unit")]
+        preprocess: String,
+        /// Output HTML file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Extracts activations of chosen layers into a safetensors file (tensors named
     /// by node name).
     ///
@@ -94,9 +170,13 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// A built-in Lambda applied to each extracted activation: mean (spatial
-        /// mean), max (spatial max), l2_normalize (over channels), flatten.
+        /// mean), max (spatial max), l2_normalize (over channels), flatten. Layers
+        /// without spatial axes are written as they are for mean and max.
         #[arg(long)]
         apply: Option<String>,
+        /// Preprocessing of image inputs: unit ([0, 1]), imagenet, efficientnet-lite.
+        #[arg(long, default_value = "unit")]
+        preprocess: String,
     },
 }
 
@@ -112,7 +192,61 @@ fn main() {
             out,
             batch,
             apply,
-        } => extract(&model, &input, &layers, &out, batch, apply.as_deref()),
+            preprocess,
+        } => extract(
+            &model,
+            &input,
+            &layers,
+            &out,
+            batch,
+            apply.as_deref(),
+            &preprocess,
+        ),
+        Command::Show {
+            model,
+            input,
+            layer,
+            out,
+            top,
+            cmap,
+            norm,
+            preprocess,
+        } => show(
+            &model,
+            &input,
+            &layer,
+            &out,
+            top,
+            cmap.as_deref(),
+            &norm,
+            &preprocess,
+        ),
+        Command::Cam {
+            model,
+            input,
+            layer,
+            class,
+            method,
+            alpha,
+            preprocess,
+            out,
+        } => cam_cmd(
+            &model,
+            &input,
+            &layer,
+            class,
+            &method,
+            alpha,
+            &preprocess,
+            &out,
+        ),
+        Command::Report {
+            model,
+            input,
+            layers,
+            preprocess,
+            out,
+        } => report_cmd(&model, &input, layers.as_deref(), &preprocess, &out),
         Command::Train {
             model,
             data,
@@ -174,7 +308,7 @@ fn load_model(spec: &str) -> Result<Model> {
     Ok(Model::load(path, &Device::Cpu)?)
 }
 
-fn load_inputs(spec: &str) -> Result<Tensor> {
+fn load_inputs(spec: &str, model: &Model, preset: &str) -> Result<Tensor> {
     match spec {
         "embedded:fashion-mnist-test" => return Ok(embedded_fashion_mnist(Split::Test)?.images),
         "embedded:fashion-mnist-train" => return Ok(embedded_fashion_mnist(Split::Train)?.images),
@@ -195,8 +329,11 @@ fn load_inputs(spec: &str) -> Result<Tensor> {
                 .with_context(|| format!("{spec}: no tensors in file"))?;
             map[first].clone()
         }
+        Some(ext) if ["png", "jpg", "jpeg"].contains(&ext.to_ascii_lowercase().as_str()) => {
+            return load_picture(path, model, preset).map(|(x, _)| x);
+        }
         _ => bail!(
-            "{spec}: unsupported input (use .npy, .safetensors or embedded:fashion-mnist-test)"
+            "{spec}: unsupported input (use .png, .jpg, .npy, .safetensors or embedded:fashion-mnist-test)"
         ),
     };
     Ok(t.to_dtype(DType::F32)?)
@@ -260,6 +397,11 @@ fn extraction_model(
     let mut outs = Vec::new();
     for name in &names {
         let node = g.get(name)?;
+        // A spatial reduction of a layer without spatial axes is the layer itself.
+        if matches!(apply, "mean" | "max") && g.shape(node).rank() != 3 {
+            outs.push(node);
+            continue;
+        }
         outs.push(
             make()
                 .add_to(&mut g, &format!("{name}:{apply}"), node)
@@ -294,6 +436,7 @@ fn extract(
     out: &Path,
     batch: usize,
     apply: Option<&str>,
+    preset: &str,
 ) -> Result<()> {
     if batch == 0 {
         bail!("--batch must be at least 1");
@@ -303,7 +446,7 @@ fn extract(
     let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); names.len()];
     let mut count = 0;
     for spec in inputs {
-        let x = load_inputs(spec)?;
+        let x = load_inputs(spec, &model, preset)?;
         let n = x.dim(0)?;
         let mut start = 0;
         while start < n {
@@ -339,10 +482,36 @@ fn extract(
 }
 
 fn demo(out: &Path) -> Result<()> {
+    use layerlens::train::{fit, loss::Loss, optim::Adam};
+    use layerlens::viz::cam::{cam, overlay, to_rgb_image, CamMethod, CamOptions};
+    use layerlens::viz::grid::{feature_grid, save_png, GridOptions};
+    use layerlens::viz::report::{html_report, ReportOptions};
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let model = layerlens::zoo::seed_cnn(true)?;
-    println!("{}\n", model.summary());
+    let train = embedded_fashion_mnist(Split::Train)?;
     let test = embedded_fashion_mnist(Split::Test)?;
+
+    // 0. Train the seed CNN (logits head) on the embedded 2 000 real images, with
+    //    seed 002's extra loss on the first convolution's activations.
+    let model = layerlens::zoo::seed_cnn(false)?;
+    println!("{}\n", model.summary());
+    let loss = Loss::cross_entropy("dense") + 0.1 * Loss::mean_square("conv2d");
+    let mut opt = Adam::new(model.params(), 2e-3);
+    let cfg = fit::FitConfig {
+        epochs: 3,
+        accuracy_node: Some("dense".into()),
+        progress: false,
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    let history = fit::fit(&model, &loss, &mut opt, &train, Some(&test), &cfg)?;
+    let last = history.epochs.last().context("no epoch ran")?;
+    println!(
+        "Trained 3 epochs on 2 000 Fashion-MNIST images in {:.1} s: test accuracy {:.1} % on 500 held-out images",
+        start.elapsed().as_secs_f64(),
+        100.0 * last.val_accuracy.unwrap_or(0.0)
+    );
+
+    model.save(out.join("seed-cnn"))?;
     let x = test.images.narrow(0, 0, 8)?;
     let labels: Vec<&str> = test.labels[..8]
         .iter()
@@ -382,9 +551,9 @@ fn demo(out: &Path) -> Result<()> {
     if diff != 0.0 {
         bail!("reloaded model differs from the saved one by {diff}");
     }
-    let mut tensors: HashMap<String, Tensor> = acts.into_vec().into_iter().collect();
+    let mut tensors: HashMap<String, Tensor> = acts.clone().into_vec().into_iter().collect();
     tensors.insert("embedding".into(), f[0].clone());
-    tensors.insert("input".into(), x);
+    tensors.insert("input".into(), x.clone());
     let act_path = out.join("activations.safetensors");
     write_safetensors_atomic(
         &act_path,
@@ -392,18 +561,68 @@ fn demo(out: &Path) -> Result<()> {
         HashMap::from([("labels".into(), labels.join(","))]),
     )?;
     let summary_path = out.join("summary.txt");
-    std::fs::write(
+    write_atomic(
         &summary_path,
-        format!("{}\n\n{}\n", model.summary(), features.summary()),
-    )
-    .with_context(|| format!("{}: cannot write", summary_path.display()))?;
+        format!("{}\n\n{}\n", model.summary(), features.summary()).as_bytes(),
+    )?;
 
-    println!("\nWrote:");
-    println!("  {}  input, conv2d, conv2d_1 and embedding tensors (open with safetensors in Python or Rust)", act_path.display());
-    println!("  {}/  the feature model with its Lambdas (model.json + model.safetensors), reloaded and verified", model_dir.display());
-    println!("  {}  both models' summaries", summary_path.display());
-    println!("\nThe weights are the seeded initialisation: `layerlens train zoo:seed_cnn --out trained` trains them; pictures, CAMs and HTML reports are in the library (layerlens::viz, see docs/visualisation.md).");
-    println!("Try: layerlens extract {} --input embedded:fashion-mnist-test --layers embedding --out emb.safetensors", model_dir.display());
+    // 4. Pictures: both conv layers' feature maps for the first image, a Grad-CAM, a report.
+    let first = x.narrow(0, 0, 1)?;
+    for name in ["conv2d", "conv2d_1"] {
+        let opts = GridOptions {
+            activation: Some(Activation::Relu),
+            title: Some(format!("{name} on a {}", labels[0])),
+            ..Default::default()
+        };
+        save_png(
+            &feature_grid(&acts.get(name)?.narrow(0, 0, 1)?, &opts)?,
+            out.join(format!("{name}.png")),
+        )?;
+    }
+    let picture = image::imageops::resize(
+        &to_rgb_image(&first)?,
+        224,
+        224,
+        image::imageops::FilterType::Nearest,
+    );
+    // Grad-CAM++: plain Grad-CAM is zero everywhere on this small net (all weighted sums negative).
+    let c = cam(
+        &model,
+        &first,
+        &CamOptions::new(CamMethod::GradCamPlusPlus, "conv2d_1"),
+    )?
+    .remove(0);
+    let heat = c
+        .heatmap
+        .unsqueeze(0)?
+        .unsqueeze(0)?
+        .upsample_nearest2d(224, 224)?
+        .squeeze(0)?
+        .squeeze(0)?;
+    save_png(
+        &overlay(&picture, &heat, layerlens::viz::Colormap::Inferno, 0.5)?,
+        out.join("cam.png"),
+    )?;
+    let report = ReportOptions {
+        title: format!("seed CNN on a Fashion-MNIST {}", labels[0]),
+        cam: Some(CamOptions::new(CamMethod::GradCamPlusPlus, "conv2d_1")),
+        ..Default::default()
+    };
+    let html = html_report(&model, &first, Some(&to_rgb_image(&first)?), &report)?;
+    write_atomic(&out.join("report.html"), html.as_bytes())?;
+
+    println!("\nWrote into {}:", out.display());
+    println!("  conv2d.png, conv2d_1.png   feature maps of the first image, one tile per channel");
+    println!(
+        "  cam.png                    Grad-CAM++ over conv2d_1 for the predicted class ({})",
+        FASHION_CLASSES[c.class]
+    );
+    println!("  report.html                summary, CAM, grids, statistics and histograms; open it in any browser, offline");
+    println!("  activations.safetensors    input, conv2d, conv2d_1 and embedding tensors (safetensors in Python or Rust)");
+    println!("  seed-cnn/                  the trained seed CNN (model.json + model.safetensors)");
+    println!("  features-model/            the Lambda model (model.json + model.safetensors), reloaded and verified");
+    println!("  summary.txt                both models' summaries");
+    println!("\nNext: layerlens report zoo:seed_cnn --input some.png --out report.html   (layerlens --help for all commands)");
     Ok(())
 }
 
@@ -504,4 +723,176 @@ fn train(a: &TrainArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// Loads an image sized for the model's input: `(1, C, H, W)` with `preset`
+/// applied, and the same crop as a picture for overlays.
+fn load_picture(path: &Path, model: &Model, preset: &str) -> Result<(Tensor, image::RgbImage)> {
+    use layerlens::preprocess::{from_image, load_image, Preset};
+    let g = model.graph();
+    let shape = g.node(g.inputs()[0]).shape.clone();
+    let (c, h, w) = shape
+        .chw()
+        .with_context(|| format!("the model's input {shape} is not an image"))?;
+    let preset = Preset::parse(preset)?;
+    let (x, display) = if h == w {
+        (
+            load_image(path, c, h, preset)?,
+            load_image(path, c, h, Preset::UnitRange)?,
+        )
+    } else {
+        let img = image::open(path)
+            .with_context(|| format!("{}: cannot decode image", path.display()))?;
+        let img = img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
+        (
+            from_image(&img, c, preset)?,
+            from_image(&img, c, Preset::UnitRange)?,
+        )
+    };
+    Ok((x, layerlens::viz::cam::to_rgb_image(&display)?))
+}
+
+fn input_tensor(spec: &str, model: &Model, preset: &str) -> Result<Tensor> {
+    let x = load_inputs(spec, model, preset)?;
+    Ok(if x.dim(0)? > 1 { x.narrow(0, 0, 1)? } else { x })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn show(
+    model: &str,
+    input: &str,
+    layer: &str,
+    out: &Path,
+    top: Option<usize>,
+    cmap: Option<&str>,
+    norm: &str,
+    preset: &str,
+) -> Result<()> {
+    use layerlens::viz::grid::{feature_grid, save_png, GridOptions, Select};
+    use layerlens::viz::{Colormap, Norm};
+    let model = load_model(model)?;
+    let x = input_tensor(input, &model, preset)?;
+    let id = model.graph().find(layer)?;
+    let node = model.graph().node(id);
+    let acts = model.extract(&x, &[layer])?;
+    let norm = match norm {
+        "auto" => Norm::Auto,
+        "channel" => Norm::PerChannel,
+        "shared" => Norm::Shared,
+        other => bail!("--norm {other}: use auto, channel or shared"),
+    };
+    let opts = GridOptions {
+        select: top.map_or(Select::All, Select::TopK),
+        colormap: cmap.map(Colormap::parse).transpose()?,
+        norm,
+        activation: node.op.final_activation(),
+        title: Some(format!("{layer} {}", node.shape)),
+        ..Default::default()
+    };
+    save_png(&feature_grid(acts.get(layer)?, &opts)?, out)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cam_cmd(
+    model: &str,
+    input: &str,
+    layer: &str,
+    class: Option<usize>,
+    method: &str,
+    alpha: f32,
+    preset: &str,
+    out: &Path,
+) -> Result<()> {
+    use layerlens::viz::cam::{cam, overlay, CamMethod, CamOptions};
+    let model = load_model(model)?;
+    let (x, picture) = load_picture(Path::new(input), &model, preset)?;
+    let opts = CamOptions {
+        class,
+        ..CamOptions::new(CamMethod::parse(method)?, layer)
+    };
+    let c = cam(&model, &x, &opts)?.remove(0);
+    if c.raw.max_all()?.to_scalar::<f32>()? <= 0.0 {
+        eprintln!("warning: the {method} map is zero everywhere for class {} (every weighted sum is negative); try --method gradcam++ or layercam", c.class);
+    }
+    let mut img = overlay(
+        &picture,
+        &c.heatmap,
+        layerlens::viz::Colormap::Inferno,
+        alpha,
+    )?;
+    if img.width() < 224 {
+        // Small inputs (28×28) are scaled up, pixel for pixel, to be readable.
+        let k = 224u32.div_ceil(img.width());
+        img = image::imageops::resize(
+            &img,
+            img.width() * k,
+            img.height() * k,
+            image::imageops::FilterType::Nearest,
+        );
+    }
+    layerlens::viz::grid::save_png(&img, out)?;
+    eprintln!(
+        "wrote {} ({method} for class {}, score {:.3})",
+        out.display(),
+        c.class,
+        c.score
+    );
+    Ok(())
+}
+
+fn report_cmd(
+    model: &str,
+    input: &str,
+    layers: Option<&str>,
+    preset: &str,
+    out: &Path,
+) -> Result<()> {
+    use layerlens::viz::cam::{CamMethod, CamOptions};
+    use layerlens::viz::report::{html_report, ReportOptions};
+    let model = load_model(model)?;
+    let is_image = ["png", "jpg", "jpeg"]
+        .iter()
+        .any(|e| input.to_ascii_lowercase().ends_with(e));
+    let (x, picture) = if is_image {
+        let (x, p) = load_picture(Path::new(input), &model, preset)?;
+        (x, Some(p))
+    } else {
+        (input_tensor(input, &model, preset)?, None)
+    };
+    // Grad-CAM++ over the deepest image-shaped layer that is not a pooling.
+    let g = model.graph();
+    let last = g.nodes().iter().rev().find(|n| {
+        n.shape.rank() == 3
+            && !matches!(
+                n.op,
+                layerlens::ir::OpT::Input(_) | layerlens::ir::OpT::Pool2d(_)
+            )
+    });
+    let opts = ReportOptions {
+        title: format!("layerlens report: {} on {input}", model.name()),
+        layers: layers.map(|l| {
+            l.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }),
+        cam: last.map(|n| CamOptions::new(CamMethod::GradCamPlusPlus, &n.name)),
+        ..Default::default()
+    };
+    let html = html_report(&model, &x, picture.as_ref(), &opts)?;
+    write_atomic(out, html.as_bytes())?;
+    eprintln!(
+        "wrote {} (open it in a browser; it needs no network)",
+        out.display()
+    );
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))
 }

@@ -1,0 +1,205 @@
+//! The `layerlens` binary end to end: each command writes what it says, and bad
+//! input is one line on stderr, a non-zero exit, and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn layerlens(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_layerlens"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("layerlens-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A real Fashion-MNIST test image (an ankle boot) as a PNG.
+fn boot_png(dir: &Path) -> PathBuf {
+    let d = layerlens::data::embedded_fashion_mnist(layerlens::data::Split::Test).unwrap();
+    let px: Vec<u8> = d
+        .images
+        .get(0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| (v * 255.0).round() as u8)
+        .collect();
+    let p = dir.join("boot.png");
+    image::GrayImage::from_raw(28, 28, px)
+        .unwrap()
+        .save(&p)
+        .unwrap();
+    p
+}
+
+#[test]
+fn commands_write_what_they_say() {
+    let dir = scratch("ok");
+    let img = boot_png(&dir);
+    let out = layerlens(&["summary", "zoo:seed_cnn"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("conv2d_1 (Conv2d)"));
+
+    let feats = dir.join("feats.safetensors");
+    let out = layerlens(&[
+        "extract",
+        "zoo:seed_cnn",
+        "--input",
+        s(&img),
+        "--layers",
+        "conv2d*,dense",
+        "--apply",
+        "mean",
+        "--out",
+        s(&feats),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = layerlens::candle_core::safetensors::load(&feats, &layerlens::candle_core::Device::Cpu)
+        .unwrap();
+    assert_eq!(t["conv2d"].dims(), &[1, 32]);
+    assert_eq!(t["conv2d_1"].dims(), &[1, 64]);
+
+    for (cmd, file) in [("show", "grid.png"), ("cam", "cam.png")] {
+        let p = dir.join(file);
+        let out = layerlens(&[
+            cmd,
+            "zoo:seed_cnn",
+            "--input",
+            s(&img),
+            "--layer",
+            "conv2d_1",
+            "--out",
+            s(&p),
+        ]);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            image::open(&p).unwrap().width() > 28,
+            "{cmd} wrote a picture"
+        );
+    }
+    let report = dir.join("report.html");
+    let out = layerlens(&[
+        "report",
+        "zoo:seed_cnn",
+        "--input",
+        s(&img),
+        "--out",
+        s(&report),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("GradCamPlusPlus over conv2d_1") && html.contains("<img "));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn errors_are_one_line_and_leave_no_output() {
+    let dir = scratch("err");
+    let img = boot_png(&dir);
+    let out_file = dir.join("x.safetensors");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "extract",
+                "zoo:seed_cnn",
+                "--input",
+                s(&img),
+                "--layers",
+                "conv3",
+                "--out",
+                s(&out_file),
+            ],
+            "unknown node 'conv3'; did you mean 'conv2d'",
+        ),
+        (
+            &[
+                "extract",
+                "zoo:nope",
+                "--input",
+                s(&img),
+                "--layers",
+                "all",
+                "--out",
+                s(&out_file),
+            ],
+            "unknown zoo model 'nope'",
+        ),
+        (
+            &[
+                "extract",
+                "missing.onnx",
+                "--input",
+                s(&img),
+                "--layers",
+                "all",
+                "--out",
+                s(&out_file),
+            ],
+            "missing.onnx",
+        ),
+        (
+            &[
+                "cam",
+                "zoo:seed_cnn",
+                "--input",
+                s(&img),
+                "--layer",
+                "conv2d_1",
+                "--method",
+                "gradcam3",
+                "--out",
+                s(&out_file),
+            ],
+            "unknown CAM method 'gradcam3'",
+        ),
+        (
+            &[
+                "show",
+                "zoo:seed_cnn",
+                "--input",
+                "nope.png",
+                "--layer",
+                "conv2d",
+                "--out",
+                s(&out_file),
+            ],
+            "nope.png",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = layerlens(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(!out_file.exists(), "no output file after an error");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -207,6 +207,12 @@ impl Model {
             }
             params.insert(k.clone(), t, rec.kind)?;
         }
+        let input_nodes: Vec<String> = file
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, OpT::Input(_)))
+            .map(|n| n.name.clone())
+            .collect();
         let mut g = Functional::with_params(&file.name, params, device);
         let mut ids: HashMap<String, NodeId> = HashMap::new();
         for (i, n) in file.nodes.into_iter().enumerate() {
@@ -240,7 +246,26 @@ impl Model {
         for (a, target) in &file.aliases {
             g.alias_raw(a, find(target)?);
         }
-        g.set_inputs(file.inputs.iter().map(find).collect::<Result<Vec<_>>>()?);
+        let inputs = file.inputs.iter().map(find).collect::<Result<Vec<_>>>()?;
+        let declared: Vec<&str> = input_nodes.iter().map(String::as_str).collect();
+        for name in &file.inputs {
+            if !declared.contains(&name.as_str()) {
+                return Err(Error::format(
+                    &gpath,
+                    format!("graph input '{name}' is not an input node"),
+                ));
+            }
+        }
+        if let Some(missing) = declared
+            .iter()
+            .find(|d| !file.inputs.iter().any(|i| i == *d))
+        {
+            return Err(Error::format(
+                &gpath,
+                format!("input node '{missing}' is missing from the graph's inputs"),
+            ));
+        }
+        g.set_inputs(inputs);
         let outputs = file.outputs.iter().map(find).collect::<Result<Vec<_>>>()?;
         let mut model = g.build_raw(outputs)?;
         for (k, rec) in &file.params {

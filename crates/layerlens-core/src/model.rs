@@ -337,10 +337,11 @@ impl Model {
             track_params: false,
         };
         let out = self.execute(&plan, inputs, opts, &wrt_ids)?;
+        // Results carry the names they were asked by (an alias stays an alias).
         let targets_acts = Activations::new(
-            self.graph
-                .names(&target_ids)
-                .into_iter()
+            target_named
+                .iter()
+                .map(|(_, n)| n.clone())
                 .zip(out.values.iter().cloned())
                 .collect(),
         );
@@ -381,23 +382,25 @@ impl Model {
             result.push((*id, g.detach()));
         }
         let grads = Activations::new(
-            wrt_ids
+            wrt_named
                 .iter()
-                .map(|w| {
+                .map(|(w, name)| {
                     let g = result
                         .iter()
                         .find(|(id, _)| id == w)
                         .expect("every wrt node is cut")
                         .1
                         .clone();
-                    (self.graph.nodes[*w].name.clone(), g)
+                    (name.clone(), g)
                 })
                 .collect(),
         );
+        let request_names = target_named
+            .iter()
+            .chain(wrt_named.iter().filter(|(i, _)| !target_ids.contains(i)))
+            .map(|(_, n)| n.clone());
         let values = Activations::new(
-            self.graph
-                .names(&request)
-                .into_iter()
+            request_names
                 .zip(out.values.into_iter().map(|t| t.detach()))
                 .collect(),
         );

@@ -395,3 +395,32 @@ fn gradients_reach_taps_and_inputs_and_chain_through_other_taps() {
         .unwrap_err();
     assert!(e.to_string().contains("must return one element"), "{e}");
 }
+
+#[test]
+fn gradients_answer_by_the_names_asked_including_aliases() {
+    let (m, xs) = conv_net();
+    // Re-build with an alias on the second convolution.
+    let mut g = Functional::extend(&m);
+    let c = g.get("conv2d_1").unwrap();
+    g.alias("features", c).unwrap();
+    let logits = g.get("logits").unwrap();
+    let m2 = g.build(&[logits]).unwrap();
+    let by_alias = m2
+        .gradients(&[xs.clone()], &["logits"], &["features"], Mode::Eval, |a| {
+            Ok(a.get("logits")?.narrow(1, 0, 1)?.sum_all()?)
+        })
+        .unwrap();
+    let by_name = m2
+        .gradients(&[xs], &["logits"], &["conv2d_1"], Mode::Eval, |a| {
+            Ok(a.get("logits")?.narrow(1, 0, 1)?.sum_all()?)
+        })
+        .unwrap();
+    assert_eq!(by_alias.grads.names(), ["features"]);
+    assert_eq!(by_alias.values.names(), ["logits", "features"]);
+    assert_close(
+        by_alias.grads.get("features").unwrap(),
+        by_name.grads.get("conv2d_1").unwrap(),
+        F32,
+        "same node",
+    );
+}

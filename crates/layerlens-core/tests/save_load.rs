@@ -260,3 +260,41 @@ fn custom_registered_constructors_are_the_only_code_loading_runs() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_graph_whose_inputs_do_not_match_its_input_nodes_is_refused() {
+    let m = rich_model();
+    let dir = tmpdir("inputs");
+    m.save(&dir).unwrap();
+    let graph = dir.join("model.json");
+    let text = std::fs::read_to_string(&graph).unwrap();
+    std::fs::write(
+        &graph,
+        text.replacen("\"inputs\": [\n    \"input\"\n  ]", "\"inputs\": []", 1),
+    )
+    .unwrap();
+    let e = Model::load_with(&dir, &registry(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("input node 'input' is missing from the graph's inputs"),
+        "{e}"
+    );
+    std::fs::write(
+        &graph,
+        text.replacen(
+            "\"inputs\": [\n    \"input\"\n  ]",
+            "\"inputs\": [\n    \"conv2d\"\n  ]",
+            1,
+        ),
+    )
+    .unwrap();
+    let e = Model::load_with(&dir, &registry(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("graph input 'conv2d' is not an input node"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -387,6 +387,22 @@ impl Importer<'_> {
 
     fn node(&mut self, n: &NodeProto) -> Result<()> {
         let op = n.op_type.as_str();
+        if n.output.is_empty() || n.output[0].is_empty() {
+            return Err(self.err(n, "the node has no output".into()));
+        }
+        let arity = match op {
+            "Add" | "Sub" | "Mul" | "Div" | "Conv" | "ConvTranspose" | "Gemm" | "MatMul"
+            | "Reshape" => 2,
+            "BatchNormalization" => 5,
+            "Constant" => 0,
+            _ => 1,
+        };
+        if n.input.iter().filter(|i| !i.is_empty()).count() < arity {
+            return Err(self.err(
+                n,
+                format!("expects at least {arity} input(s), has {}", n.input.len()),
+            ));
+        }
         // Constants and shape arithmetic are folded.
         if op == "Constant" {
             let a = n

@@ -122,3 +122,56 @@ fn an_imported_model_saves_and_loads_as_a_layerlens_model() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn malformed_nodes_are_errors_not_panics() {
+    use layerlens_onnx::proto::{
+        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, ValueInfoProto,
+    };
+    use layerlens_onnx::Message;
+    let node = |op: &str, inputs: &[&str], outputs: &[&str]| NodeProto {
+        op_type: op.into(),
+        name: format!("{op}_node"),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    for bad in [
+        node("Add", &["x"], &["y"]),
+        node("Relu", &["x"], &[]),
+        node("BatchNormalization", &["x", "s"], &["y"]),
+    ] {
+        let input = ValueInfoProto {
+            name: "x".into(),
+            r#type: None,
+        };
+        let model = ModelProto {
+            ir_version: 7,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(GraphProto {
+                node: vec![bad.clone()],
+                input: vec![input],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = layerlens_onnx::ImportOptions {
+            input_shapes: [("x".to_string(), vec![3, 4, 4])].into(),
+        };
+        let e = layerlens_onnx::import_bytes(
+            &model.encode_to_vec(),
+            std::path::Path::new("."),
+            "bad.onnx",
+            &opts,
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("bad.onnx: node '") && msg.contains(&bad.op_type),
+            "{msg}"
+        );
+    }
+}

@@ -3,24 +3,13 @@
 //! all five methods on the seed CNN, within 1e-3 of pytorch-grad-cam's scaled
 //! heat maps; and Grad-CAM's energy falls on the cat.
 
+mod common;
+use common::{asset, max_diff};
+
 use layerlens::prelude::*;
 use layerlens::preprocess::{from_image, Preset};
 use layerlens::viz::cam::{cam, eigen_projection, CamMethod, CamOptions};
 use std::collections::HashMap;
-use std::path::PathBuf;
-
-fn asset(name: &str) -> PathBuf {
-    let cache = std::env::var("LAYERLENS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/layerlens"));
-    let p = cache.join("assets").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does it for you)",
-        p.display()
-    );
-    p
-}
 
 fn refs() -> HashMap<String, Tensor> {
     layerlens::candle_core::safetensors::load(
@@ -31,17 +20,6 @@ fn refs() -> HashMap<String, Tensor> {
         &Device::Cpu,
     )
     .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn efficientnet() -> Model {

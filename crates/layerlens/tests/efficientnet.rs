@@ -3,22 +3,11 @@
 //! `scripts/fetch-models.sh`, which `scripts/test.sh` runs first), against an
 //! independent PyTorch implementation (tests/fixtures/gen_efficientnet.py).
 
+mod common;
+use common::asset;
+
 use layerlens::prelude::*;
 use layerlens::preprocess::{imagenet_classes, load_image, top_k, Preset};
-use std::path::PathBuf;
-
-fn asset(name: &str) -> PathBuf {
-    let cache = std::env::var("LAYERLENS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/layerlens"));
-    let p = cache.join("assets").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does it for you)",
-        p.display()
-    );
-    p
-}
 
 fn model() -> Model {
     let m = layerlens::zoo::efficientnet_lite0(1000).unwrap();

@@ -1,8 +1,36 @@
-//! Mirror of tests/fixtures/synth.py: deterministic synthetic weights, identical
-//! in Python and Rust (splitmix64 in exact integer arithmetic).
+//! Shared test helpers: the pinned assets of scripts/fetch-models.sh, a max-diff,
+//! and the mirror of tests/fixtures/synth.py (deterministic synthetic weights,
+//! identical in Python and Rust: splitmix64 in exact integer arithmetic).
 #![allow(dead_code)]
 
 use layerlens::prelude::*;
+use std::path::PathBuf;
+
+/// A file fetched by scripts/fetch-models.sh, or a panic saying how to get it.
+pub fn asset(name: &str) -> PathBuf {
+    let cache = std::env::var("LAYERLENS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/layerlens"));
+    let p = cache.join("assets").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does it for you)",
+        p.display()
+    );
+    p
+}
+
+/// Largest absolute element-wise difference.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
 
 pub fn key_seed(key: &str) -> u64 {
     key.bytes()

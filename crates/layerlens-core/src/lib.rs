@@ -42,6 +42,7 @@ mod exec;
 pub mod hooks;
 pub mod io;
 pub mod ir;
+pub mod kernels;
 pub mod lambda;
 pub mod model;
 pub mod ops;

@@ -368,7 +368,9 @@ impl Model {
                 None => var.as_tensor().zeros_like()?,
             };
             if orig.track_op() {
-                let more = (orig * &g)?.sum_all()?.backward()?;
+                // `g` is a constant in this vector-Jacobian product: without the
+                // detach, backward would also differentiate the gradient itself.
+                let more = (orig * g.detach())?.sum_all()?.backward()?;
                 for (_, _, earlier) in cuts.iter().filter(|(j, _, _)| j < id) {
                     if let Some(extra) = more.get(earlier.as_tensor()) {
                         let sum = match grads.get(earlier.as_tensor()) {

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{assert_close, fixture, F32};
+use layerlens_core::kernels::{with_kernel_path, KernelPath};
 use layerlens_core::ops::PoolKind;
 use layerlens_core::prelude::*;
 use std::collections::HashMap;
@@ -121,6 +122,12 @@ fn batch_norm_eval_and_train_match_pytorch() {
 
 #[test]
 fn pooling_matches_pytorch() {
+    for path in [KernelPath::Fast, KernelPath::Candle] {
+        with_kernel_path(path, pooling_cases);
+    }
+}
+
+fn pooling_cases() {
     let fx = fixture("ops/ops.safetensors");
     let c = |name| Case { fx: &fx, name };
     c("maxpool_2").check("pool", Pool2d::max(2), Mode::Eval);
@@ -153,8 +160,16 @@ fn activations_and_dense_match_pytorch() {
     c("dense").check("fc", Dense::new(4), Mode::Eval);
 }
 
+/// Both CPU paths: layerlens' pooling kernels, and candle's pooling with
+/// layerlens' workarounds for its backward (still what runs on CUDA).
 #[test]
 fn pooling_gradients_match_pytorch() {
+    for path in [KernelPath::Fast, KernelPath::Candle] {
+        with_kernel_path(path, pooling_gradient_cases);
+    }
+}
+
+fn pooling_gradient_cases() {
     let fx = fixture("ops/ops.safetensors");
     let cases: [(&str, Pool2d); 4] = [
         ("grad_maxpool_2", Pool2d::max(2)),

@@ -11,6 +11,9 @@ use layerlens_train::loss::{Loss, Targets};
 use layerlens_train::optim::{Adam, Optimizer};
 use std::time::Instant;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

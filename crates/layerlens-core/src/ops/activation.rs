@@ -53,6 +53,17 @@ impl Activation {
     /// Softmax over the channel/feature axis.
     pub const SOFTMAX: Activation = Activation::Softmax { axis: 1 };
 
+    /// The same activation as a convolution epilogue, where it has one.
+    pub fn fusable(&self) -> Option<crate::kernels::conv::FusedActivation> {
+        use crate::kernels::conv::FusedActivation as F;
+        match *self {
+            Activation::Relu => Some(F::Relu),
+            Activation::Relu6 => Some(F::Clip(0.0, 6.0)),
+            Activation::Clip { min, max } => Some(F::Clip(min, max)),
+            _ => None,
+        }
+    }
+
     /// Applies the function.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match *self {

@@ -1,8 +1,10 @@
 //! 2-D convolution (Keras `Conv2D`, PyTorch `nn.Conv2d`).
 
-use super::padding::{check_positive, pad_hw, window_output};
+use super::padding::{check_positive, window_output};
 use super::{Activation, ForwardCtx, InferCtx, LayerOp, Padding};
 use crate::error::{Error, NodeContext, Result};
+use crate::kernels::conv::FusedActivation;
+use crate::kernels::{self, ChannelAffine, ConvParams};
 use crate::params::{Init, ParamKind, ParamSpec};
 use crate::shape::Shape;
 use candle_core::Tensor;
@@ -97,8 +99,8 @@ impl Conv2d {
     }
 }
 
-/// Runs a convolution with an OIHW kernel, handling asymmetric padding (which
-/// candle's kernel does not) by padding explicitly.
+/// Runs a convolution with an OIHW kernel (layerlens' CPU kernels, or candle's
+/// elsewhere; see [`crate::kernels`]).
 pub(crate) fn conv2d_forward(
     x: &Tensor,
     kernel: &Tensor,
@@ -107,11 +109,27 @@ pub(crate) fn conv2d_forward(
     dilation: usize,
     groups: usize,
 ) -> candle_core::Result<Tensor> {
-    let symmetric = pads.iter().all(|&p| p == pads[0]);
-    if symmetric {
-        x.conv2d(kernel, pads[0], stride, dilation, groups)
-    } else {
-        pad_hw(x, pads, 0.0)?.conv2d(kernel, 0, stride, dilation, groups)
+    kernels::conv2d(
+        x,
+        kernel,
+        &ConvParams {
+            stride: [stride, stride],
+            dilation: [dilation, dilation],
+            pads,
+            groups,
+        },
+    )
+}
+
+impl Conv2d {
+    /// The kernel parameters for an input of `(h, w)`.
+    pub(crate) fn conv_params(&self, hw: (usize, usize)) -> ConvParams {
+        ConvParams {
+            stride: self.stride,
+            dilation: self.dilation,
+            pads: self.pads(hw),
+            groups: self.groups,
+        }
     }
 }
 
@@ -201,17 +219,32 @@ impl LayerOp for Conv2d {
         let x = &inputs[0];
         let (_, _, h, w) = x.dims4().at_node(ctx.node)?;
         let weight = ctx.param("weight")?;
-        let mut y = conv2d_forward(
-            x,
-            &weight,
-            self.pads((h, w)),
-            self.stride[0],
-            self.dilation[0],
-            self.groups,
-        )
-        .at_node(ctx.node)?;
-        if self.bias {
-            let b = ctx.param("bias")?;
+        let p = self.conv_params((h, w));
+        let bias = if self.bias {
+            Some(ctx.param("bias")?)
+        } else {
+            None
+        };
+        let fused_act = self.activation.as_ref().and_then(Activation::fusable);
+        if !(x.track_op() || weight.track_op() || bias.as_ref().is_some_and(|b| b.track_op()))
+            && (self.activation.is_none() || fused_act.is_some())
+        {
+            // Inference: bias and activation in the GEMM's epilogue.
+            let shift = match &bias {
+                Some(b) => Some(b.to_vec1::<f32>().at_node(ctx.node)?),
+                None => None,
+            };
+            let affine = ChannelAffine { scale: None, shift };
+            let act = fused_act.unwrap_or(FusedActivation::None);
+            return kernels::conv2d_fused(x, &weight, &p, affine, None, act).at_node(ctx.node);
+        }
+        if self.activation.is_none() || fused_act.is_some() {
+            // Training or gradients: one differentiable op with its own backward.
+            let act = fused_act.unwrap_or(FusedActivation::None);
+            return kernels::conv2d_bias_act(x, &weight, bias.as_ref(), &p, act).at_node(ctx.node);
+        }
+        let mut y = kernels::conv2d(x, &weight, &p).at_node(ctx.node)?;
+        if let Some(b) = bias {
             y = y
                 .broadcast_add(&b.reshape((1, self.filters, 1, 1)).at_node(ctx.node)?)
                 .at_node(ctx.node)?;

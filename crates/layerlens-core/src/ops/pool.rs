@@ -126,6 +126,16 @@ impl LayerOp for Pool2d {
         let pads = self.pads((h, w));
         let k = (self.kernel[0], self.kernel[1]);
         let s = (self.stride[0], self.stride[1]);
+        let fast = crate::kernels::PoolParams {
+            max: self.kind == PoolKind::Max,
+            kernel: self.kernel,
+            stride: self.stride,
+            pads,
+            count_include_pad: self.count_include_pad,
+        };
+        if let Some(y) = crate::kernels::pool2d(x, &fast) {
+            return y.at_node(node);
+        }
         match self.kind {
             PoolKind::Max => pad_hw(x, pads, f32::NEG_INFINITY)
                 .and_then(|p| pool_valid(&p, PoolKind::Max, k, s))

@@ -1,0 +1,871 @@
+//! 2-D convolution on f32 NCHW slices: forward with a fused epilogue, and both
+//! gradients.
+//!
+//! General convolutions lower to one GEMM per sample and group
+//! (`W[c_out/g, c_in/g·kh·kw] · col[c_in/g·kh·kw, oh·ow]`) written straight into
+//! the NCHW output, so no batch-wide im2col buffer and no output permutation is
+//! ever built (candle's CPU conv does both). 1×1 stride-1 unpadded convolutions
+//! use the input itself as the GEMM operand. Depthwise convolutions (one input
+//! channel per group) run as direct loops, where a GEMM with one row would be
+//! starved. Work is split across samples when the batch covers the thread pool,
+//! and inside the GEMM (and im2col) otherwise.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Everything about a convolution's sizes; `pads` are `[top, bottom, left, right]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvGeometry {
+    /// Samples.
+    pub batch: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride `[h, w]`.
+    pub stride: [usize; 2],
+    /// Dilation `[h, w]`.
+    pub dilation: [usize; 2],
+    /// Zero padding `[top, bottom, left, right]`.
+    pub pads: [usize; 4],
+    /// Channel groups.
+    pub groups: usize,
+}
+
+impl ConvGeometry {
+    /// Output `(height, width)`; `None` when the kernel does not fit the padded input
+    /// or a size is zero.
+    pub fn out_hw(&self) -> Option<(usize, usize)> {
+        if self.stride.contains(&0) || self.dilation.contains(&0) || self.kh == 0 || self.kw == 0 {
+            return None;
+        }
+        let eh = self.dilation[0] * (self.kh - 1) + 1;
+        let ew = self.dilation[1] * (self.kw - 1) + 1;
+        let ph = self.h + self.pads[0] + self.pads[1];
+        let pw = self.w + self.pads[2] + self.pads[3];
+        if ph < eh || pw < ew {
+            return None;
+        }
+        Some((
+            (ph - eh) / self.stride[0] + 1,
+            (pw - ew) / self.stride[1] + 1,
+        ))
+    }
+
+    /// Checks the sizes; the error says which one is off.
+    pub fn validate(&self) -> Result<(usize, usize), String> {
+        if self.groups == 0 || self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
+            return Err(format!(
+                "groups={} must divide the input channels ({}) and the output channels ({})",
+                self.groups, self.c_in, self.c_out
+            ));
+        }
+        self.out_hw().ok_or_else(|| {
+            format!(
+                "a {}x{} kernel (dilation {:?}) does not fit a {}x{} input padded by {:?}",
+                self.kh, self.kw, self.dilation, self.h, self.w, self.pads
+            )
+        })
+    }
+
+    fn cin_g(&self) -> usize {
+        self.c_in / self.groups
+    }
+    fn cout_g(&self) -> usize {
+        self.c_out / self.groups
+    }
+    /// Rows of the im2col matrix of one group: `c_in/groups · kh · kw`.
+    fn k_len(&self) -> usize {
+        self.cin_g() * self.kh * self.kw
+    }
+    fn ohw(&self) -> usize {
+        let (oh, ow) = self.out_hw().expect("validated geometry");
+        oh * ow
+    }
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pads == [0; 4]
+    }
+    /// One input channel per group: direct loops beat a one-row GEMM.
+    fn depthwise(&self) -> bool {
+        self.groups > 1 && self.cin_g() == 1
+    }
+    /// Elements of the input, kernel and output.
+    pub fn lens(&self) -> (usize, usize, usize) {
+        (
+            self.batch * self.c_in * self.h * self.w,
+            self.c_out * self.k_len(),
+            self.batch * self.c_out * self.ohw(),
+        )
+    }
+}
+
+/// The activation an [`Epilogue`] applies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FusedActivation {
+    /// Identity.
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, lo), hi)` (ReLU6 is `Clip(0, 6)`).
+    Clip(f32, f32),
+}
+
+impl FusedActivation {
+    #[inline(always)]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            FusedActivation::None => v,
+            FusedActivation::Relu => v.max(0.0),
+            FusedActivation::Clip(lo, hi) => v.max(lo).min(hi),
+        }
+    }
+}
+
+/// What happens to each output value right after the GEMM, while it is still in
+/// cache: `act(y · scale[c] + shift[c] + residual)`. A folded batch norm is
+/// `scale`/`shift`, a bias is `shift`, a ResNet skip connection is `residual`.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// Per-output-channel factor.
+    pub scale: Option<&'a [f32]>,
+    /// Per-output-channel offset.
+    pub shift: Option<&'a [f32]>,
+    /// A tensor of the output's shape added before the activation.
+    pub residual: Option<&'a [f32]>,
+    /// The activation.
+    pub act: FusedActivation,
+}
+
+impl Epilogue<'_> {
+    /// No epilogue: the plain convolution.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        scale: None,
+        shift: None,
+        residual: None,
+        act: FusedActivation::None,
+    };
+
+    fn is_identity(&self) -> bool {
+        self.scale.is_none()
+            && self.shift.is_none()
+            && self.residual.is_none()
+            && self.act == FusedActivation::None
+    }
+
+    /// Applies the epilogue to `plane`, the values of output channel `c` of sample
+    /// `n`, which start at `offset` in the whole output.
+    #[inline]
+    fn plane(&self, plane: &mut [f32], c: usize, offset: usize) {
+        let s = self.scale.map_or(1.0, |s| s[c]);
+        let t = self.shift.map_or(0.0, |t| t[c]);
+        let act = self.act;
+        match self.residual {
+            Some(r) => {
+                let r = &r[offset..offset + plane.len()];
+                for (v, &r) in plane.iter_mut().zip(r) {
+                    *v = act.apply(*v * s + t + r);
+                }
+            }
+            None => {
+                for v in plane.iter_mut() {
+                    *v = act.apply(*v * s + t);
+                }
+            }
+        }
+    }
+
+    fn sample(&self, y_n: &mut [f32], n: usize, ohw: usize) {
+        if self.is_identity() {
+            return;
+        }
+        let per_sample = y_n.len();
+        for (c, plane) in y_n.chunks_mut(ohw).enumerate() {
+            self.plane(plane, c, n * per_sample + c * ohw);
+        }
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+fn gemm_parallelism(parallel: bool) -> Parallelism {
+    let t = threads();
+    if parallel && t > 1 {
+        Parallelism::Rayon(t)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// The range of output columns `ox` whose input column `ox·stride + off` lies
+/// inside `[0, w)`.
+#[inline]
+fn valid_cols(ow: usize, w: usize, stride: usize, off: isize) -> (usize, usize) {
+    let lo = if off >= 0 {
+        0
+    } else {
+        ((-off) as usize).div_ceil(stride)
+    };
+    let last = w as isize - 1 - off;
+    let hi = if last < 0 {
+        0
+    } else {
+        (last as usize / stride + 1).min(ow)
+    };
+    let lo = lo.min(ow);
+    (lo, hi.max(lo))
+}
+
+/// Writes the im2col matrix `[c·kh·kw, oh·ow]` of one group's input `x_g`
+/// (`[c, h, w]`) into `col`.
+fn im2col(g: &ConvGeometry, x_g: &[f32], col: &mut [f32], parallel: bool) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let (h, w) = (g.h, g.w);
+    let row_len = oh * ow;
+    let per_channel = g.kh * g.kw * row_len;
+    let fill = |c: usize, rows: &mut [f32]| {
+        let x_c = &x_g[c * h * w..(c + 1) * h * w];
+        for (r, row) in rows.chunks_mut(row_len).enumerate() {
+            let (i, j) = (r / g.kw, r % g.kw);
+            let off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
+            let (lo, hi) = valid_cols(ow, w, g.stride[1], off);
+            for (oy, dst) in row.chunks_mut(ow).enumerate() {
+                let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pads[0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &x_c[iy as usize * w..(iy as usize + 1) * w];
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if g.stride[1] == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                } else {
+                    for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                        *d = src[((ox * g.stride[1]) as isize + off) as usize];
+                    }
+                }
+            }
+        }
+    };
+    let col = &mut col[..g.cin_g() * per_channel];
+    if parallel && threads() > 1 && g.cin_g() > 1 {
+        col.par_chunks_mut(per_channel)
+            .enumerate()
+            .for_each(|(c, rows)| fill(c, rows));
+    } else {
+        for (c, rows) in col.chunks_mut(per_channel).enumerate() {
+            fill(c, rows);
+        }
+    }
+}
+
+/// Adds the im2col-shaped gradient `dcol` back onto one group's input gradient
+/// `dx_g` (`[c, h, w]`): the adjoint of [`im2col`].
+fn col2im_add(g: &ConvGeometry, dcol: &[f32], dx_g: &mut [f32], parallel: bool) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let (h, w) = (g.h, g.w);
+    let row_len = oh * ow;
+    let per_channel = g.kh * g.kw * row_len;
+    let add = |c: usize, dx_c: &mut [f32]| {
+        let rows = &dcol[c * per_channel..(c + 1) * per_channel];
+        for (r, row) in rows.chunks(row_len).enumerate() {
+            let (i, j) = (r / g.kw, r % g.kw);
+            let off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
+            let (lo, hi) = valid_cols(ow, w, g.stride[1], off);
+            for (oy, src) in row.chunks(ow).enumerate() {
+                let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pads[0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let dst = &mut dx_c[iy as usize * w..(iy as usize + 1) * w];
+                if g.stride[1] == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    for (d, &s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                        *d += s;
+                    }
+                } else {
+                    for (ox, &s) in src.iter().enumerate().take(hi).skip(lo) {
+                        dst[((ox * g.stride[1]) as isize + off) as usize] += s;
+                    }
+                }
+            }
+        }
+    };
+    let dx_g = &mut dx_g[..g.cin_g() * h * w];
+    if parallel && threads() > 1 && g.cin_g() > 1 {
+        dx_g.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(c, dx_c)| add(c, dx_c));
+    } else {
+        for (c, dx_c) in dx_g.chunks_mut(h * w).enumerate() {
+            add(c, dx_c);
+        }
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with explicit row/column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // The extents checked here are what the unsafe call reads and writes.
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1));
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts above bound every index the GEMM touches; the three
+    // buffers are distinct Rust borrows, so `dst` does not alias the operands.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Splits the batch across the thread pool when it covers it; otherwise runs the
+/// samples in turn with the parallelism inside each.
+fn per_sample_parallel(g: &ConvGeometry) -> bool {
+    let t = threads();
+    t > 1 && g.batch >= t
+}
+
+/// Forward convolution: `y = epilogue(conv(x, w))`, `x` NCHW, `w` OIHW
+/// (`[c_out, c_in/groups, kh, kw]`), `y` NCHW. Slices must have exactly the
+/// lengths [`ConvGeometry::lens`] gives.
+pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
+    let ohw = g.ohw();
+    let (xl, wl, yl) = g.lens();
+    assert!(
+        x.len() == xl && w.len() == wl && y.len() == yl,
+        "conv2d slice lengths"
+    );
+    if let Some(r) = ep.residual {
+        assert_eq!(r.len(), yl, "residual length");
+    }
+    if g.depthwise() {
+        return depthwise_forward(g, x, w, ep, y);
+    }
+    let x_per = g.c_in * g.h * g.w;
+    let y_per = g.c_out * ohw;
+    let col_len = if g.pointwise() { 0 } else { g.k_len() * ohw };
+    let run = |n: usize, y_n: &mut [f32], col: &mut Vec<f32>, inner_parallel: bool| {
+        let x_n = &x[n * x_per..(n + 1) * x_per];
+        col.resize(col_len, 0.0);
+        let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
+        for grp in 0..g.groups {
+            let x_g = &x_n[grp * cin_g * g.h * g.w..(grp + 1) * cin_g * g.h * g.w];
+            let rhs: &[f32] = if g.pointwise() {
+                x_g
+            } else {
+                im2col(g, x_g, col, inner_parallel);
+                col
+            };
+            matmul(
+                (cout_g, ohw, k_len),
+                &mut y_n[grp * cout_g * ohw..(grp + 1) * cout_g * ohw],
+                ohw,
+                false,
+                &w[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
+                (k_len, 1),
+                rhs,
+                (ohw, 1),
+                gemm_parallelism(inner_parallel),
+            );
+        }
+        ep.sample(y_n, n, ohw);
+    };
+    if per_sample_parallel(g) {
+        y.par_chunks_mut(y_per)
+            .enumerate()
+            .for_each_init(Vec::new, |col, (n, y_n)| run(n, y_n, col, false));
+    } else {
+        let mut col = Vec::new();
+        for (n, y_n) in y.chunks_mut(y_per).enumerate() {
+            run(n, y_n, &mut col, true);
+        }
+    }
+}
+
+/// Walks the taps of a depthwise convolution for one input/output plane pair,
+/// calling `f(out_row_range, in_row, out_row, weight_index, stride, offset)` for
+/// every kernel tap and output row that reads a real (unpadded) input row.
+#[inline]
+fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize, isize, usize, usize)) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            let off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
+            let (lo, hi) = valid_cols(ow, g.w, g.stride[1], off);
+            for oy in 0..oh {
+                let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pads[0] as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                f(i * g.kw + j, oy, iy as usize, off, lo, hi);
+            }
+        }
+    }
+}
+
+fn depthwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let (hw, ohw, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
+    let mult = g.cout_g();
+    let sw = g.stride[1];
+    y.par_chunks_mut(ohw).enumerate().for_each(|(plane, y_p)| {
+        let (n, oc) = (plane / g.c_out, plane % g.c_out);
+        let ic = oc / mult;
+        let x_p = &x[(n * g.c_in + ic) * hw..(n * g.c_in + ic + 1) * hw];
+        let w_k = &w[oc * kk..(oc + 1) * kk];
+        y_p.fill(0.0);
+        for_each_tap(g, |tap, oy, iy, off, lo, hi| {
+            let wv = w_k[tap];
+            let src = &x_p[iy * g.w..(iy + 1) * g.w];
+            let dst = &mut y_p[oy * ow..(oy + 1) * ow];
+            if sw == 1 {
+                let s0 = (lo as isize + off) as usize;
+                for (d, &s) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + hi - lo]) {
+                    *d += wv * s;
+                }
+            } else {
+                for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                    *d += wv * src[((ox * sw) as isize + off) as usize];
+                }
+            }
+        });
+        ep.plane(y_p, oc, plane * ohw);
+    });
+}
+
+/// Gradient with respect to the input: `dx = conv2d_transpose(dy, w)`.
+pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let ohw = g.ohw();
+    let (xl, wl, yl) = g.lens();
+    assert!(
+        dx.len() == xl && w.len() == wl && dy.len() == yl,
+        "conv2d slice lengths"
+    );
+    dx.fill(0.0);
+    if g.depthwise() {
+        return depthwise_backward_input(g, dy, w, dx);
+    }
+    let x_per = g.c_in * g.h * g.w;
+    let y_per = g.c_out * ohw;
+    let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
+    let run = |n: usize, dx_n: &mut [f32], dcol: &mut Vec<f32>, inner_parallel: bool| {
+        let dy_n = &dy[n * y_per..(n + 1) * y_per];
+        for grp in 0..g.groups {
+            let dy_g = &dy_n[grp * cout_g * ohw..(grp + 1) * cout_g * ohw];
+            let w_g = &w[grp * cout_g * k_len..(grp + 1) * cout_g * k_len];
+            let dx_g = &mut dx_n[grp * cin_g * g.h * g.w..(grp + 1) * cin_g * g.h * g.w];
+            let par = gemm_parallelism(inner_parallel);
+            // W_gᵀ [k_len, cout_g] · dy_g [cout_g, ohw]
+            if g.pointwise() {
+                matmul(
+                    (k_len, ohw, cout_g),
+                    dx_g,
+                    ohw,
+                    false,
+                    w_g,
+                    (1, k_len),
+                    dy_g,
+                    (ohw, 1),
+                    par,
+                );
+            } else {
+                dcol.resize(k_len * ohw, 0.0);
+                matmul(
+                    (k_len, ohw, cout_g),
+                    dcol,
+                    ohw,
+                    false,
+                    w_g,
+                    (1, k_len),
+                    dy_g,
+                    (ohw, 1),
+                    par,
+                );
+                col2im_add(g, dcol, dx_g, inner_parallel);
+            }
+        }
+    };
+    if per_sample_parallel(g) {
+        dx.par_chunks_mut(x_per)
+            .enumerate()
+            .for_each_init(Vec::new, |dcol, (n, dx_n)| run(n, dx_n, dcol, false));
+    } else {
+        let mut dcol = Vec::new();
+        for (n, dx_n) in dx.chunks_mut(x_per).enumerate() {
+            run(n, dx_n, &mut dcol, true);
+        }
+    }
+}
+
+fn depthwise_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let (hw, ohw, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
+    let mult = g.cout_g();
+    let sw = g.stride[1];
+    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dx_p)| {
+        let (n, ic) = (plane / g.c_in, plane % g.c_in);
+        for q in 0..mult {
+            let oc = ic * mult + q;
+            let dy_p = &dy[(n * g.c_out + oc) * ohw..(n * g.c_out + oc + 1) * ohw];
+            let w_k = &w[oc * kk..(oc + 1) * kk];
+            for_each_tap(g, |tap, oy, iy, off, lo, hi| {
+                let wv = w_k[tap];
+                let src = &dy_p[oy * ow..(oy + 1) * ow];
+                let dst = &mut dx_p[iy * g.w..(iy + 1) * g.w];
+                if sw == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    for (d, &s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                        *d += wv * s;
+                    }
+                } else {
+                    for (ox, &s) in src.iter().enumerate().take(hi).skip(lo) {
+                        dst[((ox * sw) as isize + off) as usize] += wv * s;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Gradient with respect to the kernel: `dw[o, i, a, b] = Σ dy · x` over the
+/// batch and the output positions.
+pub fn conv2d_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let ohw = g.ohw();
+    let (xl, wl, yl) = g.lens();
+    assert!(
+        x.len() == xl && dw.len() == wl && dy.len() == yl,
+        "conv2d slice lengths"
+    );
+    if g.depthwise() {
+        return depthwise_backward_weight(g, x, dy, dw);
+    }
+    let x_per = g.c_in * g.h * g.w;
+    let y_per = g.c_out * ohw;
+    let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
+    // Accumulates samples `range` into `acc` (the whole kernel's gradient).
+    let run = |range: std::ops::Range<usize>, acc: &mut [f32], inner_parallel: bool| {
+        let mut col = Vec::new();
+        let par = gemm_parallelism(inner_parallel);
+        for n in range {
+            let x_n = &x[n * x_per..(n + 1) * x_per];
+            let dy_n = &dy[n * y_per..(n + 1) * y_per];
+            for grp in 0..g.groups {
+                let x_g = &x_n[grp * cin_g * g.h * g.w..(grp + 1) * cin_g * g.h * g.w];
+                let rhs: &[f32] = if g.pointwise() {
+                    x_g
+                } else {
+                    col.resize(k_len * ohw, 0.0);
+                    im2col(g, x_g, &mut col, inner_parallel);
+                    &col
+                };
+                // dy_g [cout_g, ohw] · colᵀ [ohw, k_len]
+                matmul(
+                    (cout_g, k_len, ohw),
+                    &mut acc[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
+                    k_len,
+                    true,
+                    &dy_n[grp * cout_g * ohw..(grp + 1) * cout_g * ohw],
+                    (ohw, 1),
+                    rhs,
+                    (1, ohw),
+                    par,
+                );
+            }
+        }
+    };
+    dw.fill(0.0);
+    if per_sample_parallel(g) {
+        let parts = threads().min(g.batch);
+        let chunk = g.batch.div_ceil(parts);
+        let partial: Vec<Vec<f32>> = (0..parts)
+            .into_par_iter()
+            .map(|p| {
+                let mut acc = vec![0.0f32; dw.len()];
+                run(p * chunk..((p + 1) * chunk).min(g.batch), &mut acc, false);
+                acc
+            })
+            .collect();
+        for acc in partial {
+            for (d, a) in dw.iter_mut().zip(acc) {
+                *d += a;
+            }
+        }
+    } else {
+        run(0..g.batch, dw, true);
+    }
+}
+
+fn depthwise_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let (hw, ohw, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
+    let mult = g.cout_g();
+    let sw = g.stride[1];
+    dw.par_chunks_mut(kk).enumerate().for_each(|(oc, dw_k)| {
+        dw_k.fill(0.0);
+        let ic = oc / mult;
+        for n in 0..g.batch {
+            let x_p = &x[(n * g.c_in + ic) * hw..(n * g.c_in + ic + 1) * hw];
+            let dy_p = &dy[(n * g.c_out + oc) * ohw..(n * g.c_out + oc + 1) * ohw];
+            for_each_tap(g, |tap, oy, iy, off, lo, hi| {
+                let src = &x_p[iy * g.w..(iy + 1) * g.w];
+                let d = &dy_p[oy * ow..(oy + 1) * ow];
+                let mut s = 0.0f32;
+                if sw == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    for (&a, &b) in d[lo..hi].iter().zip(&src[s0..s0 + hi - lo]) {
+                        s += a * b;
+                    }
+                } else {
+                    for (ox, &a) in d.iter().enumerate().take(hi).skip(lo) {
+                        s += a * src[((ox * sw) as isize + off) as usize];
+                    }
+                }
+                dw_k[tap] += s;
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, one output at a time.
+    fn naive(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let (oh, ow) = g.out_hw().unwrap();
+        let (cin_g, cout_g) = (g.cin_g(), g.cout_g());
+        let mut y = vec![0.0; g.batch * g.c_out * oh * ow];
+        for n in 0..g.batch {
+            for oc in 0..g.c_out {
+                let grp = oc / cout_g;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0.0;
+                        for ci in 0..cin_g {
+                            let ic = grp * cin_g + ci;
+                            for i in 0..g.kh {
+                                for j in 0..g.kw {
+                                    let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize
+                                        - g.pads[0] as isize;
+                                    let ix = (ox * g.stride[1] + j * g.dilation[1]) as isize
+                                        - g.pads[2] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    s += x[((n * g.c_in + ic) * g.h + iy as usize) * g.w
+                                        + ix as usize]
+                                        * w[((oc * cin_g + ci) * g.kh + i) * g.kw + j];
+                                }
+                            }
+                        }
+                        y[((n * g.c_out + oc) * oh + oy) * ow + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(&a, &b)| a as f64 * b as f64).sum()
+    }
+
+    fn geometries() -> Vec<ConvGeometry> {
+        let base = ConvGeometry {
+            batch: 2,
+            c_in: 4,
+            h: 7,
+            w: 6,
+            c_out: 6,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [1, 1, 1, 1],
+            groups: 1,
+        };
+        vec![
+            base,
+            ConvGeometry {
+                stride: [2, 2],
+                ..base
+            },
+            ConvGeometry {
+                pads: [0, 1, 0, 1],
+                kh: 2,
+                kw: 2,
+                ..base
+            },
+            ConvGeometry {
+                kh: 1,
+                kw: 1,
+                pads: [0; 4],
+                ..base
+            },
+            ConvGeometry {
+                kh: 1,
+                kw: 1,
+                pads: [0; 4],
+                stride: [2, 2],
+                ..base
+            },
+            ConvGeometry { groups: 2, ..base },
+            ConvGeometry {
+                groups: 4,
+                c_out: 8,
+                ..base
+            },
+            ConvGeometry {
+                groups: 4,
+                c_out: 4,
+                kh: 5,
+                kw: 5,
+                pads: [2, 2, 2, 2],
+                stride: [2, 2],
+                ..base
+            },
+            ConvGeometry {
+                dilation: [2, 2],
+                pads: [2, 2, 2, 2],
+                ..base
+            },
+            ConvGeometry {
+                batch: 5,
+                c_in: 3,
+                kh: 3,
+                kw: 2,
+                pads: [0, 0, 0, 0],
+                stride: [1, 3],
+                ..base
+            },
+        ]
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        for g in geometries() {
+            g.validate().unwrap();
+            let (xl, wl, yl) = g.lens();
+            let (x, w) = (values(xl, 1), values(wl, 2));
+            let mut y = vec![f32::NAN; yl];
+            conv2d_forward(&g, &x, &w, &Epilogue::NONE, &mut y);
+            let want = naive(&g, &x, &w);
+            let diff = y
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(diff < 1e-5, "{g:?}: max diff {diff}");
+        }
+    }
+
+    #[test]
+    fn epilogue_applies_scale_shift_residual_and_activation() {
+        let g = geometries()[0];
+        let (xl, wl, yl) = g.lens();
+        let (x, w, r) = (values(xl, 3), values(wl, 4), values(yl, 5));
+        let scale: Vec<f32> = (0..g.c_out).map(|c| 0.5 + c as f32).collect();
+        let shift: Vec<f32> = (0..g.c_out).map(|c| c as f32 * 0.1 - 0.2).collect();
+        let ep = Epilogue {
+            scale: Some(&scale),
+            shift: Some(&shift),
+            residual: Some(&r),
+            act: FusedActivation::Clip(0.0, 0.3),
+        };
+        let mut y = vec![0.0; yl];
+        conv2d_forward(&g, &x, &w, &ep, &mut y);
+        let plain = naive(&g, &x, &w);
+        let ohw = yl / g.batch / g.c_out;
+        for (i, (&got, &p)) in y.iter().zip(&plain).enumerate() {
+            let c = (i / ohw) % g.c_out;
+            let want = (p * scale[c] + shift[c] + r[i]).clamp(0.0, 0.3);
+            assert!((got - want).abs() < 1e-5, "{i}: {got} vs {want}");
+        }
+    }
+
+    /// The gradients are the adjoints of the forward map:
+    /// `<conv(x, w), dy> = <x, dx(dy, w)> = <w, dw(x, dy)>`.
+    #[test]
+    fn gradients_are_the_adjoints_of_the_forward_map() {
+        for g in geometries() {
+            let (xl, wl, yl) = g.lens();
+            let (x, w, dy) = (values(xl, 6), values(wl, 7), values(yl, 8));
+            let y = naive(&g, &x, &w);
+            let mut dx = vec![f32::NAN; xl];
+            let mut dw = vec![f32::NAN; wl];
+            conv2d_backward_input(&g, &dy, &w, &mut dx);
+            conv2d_backward_weight(&g, &x, &dy, &mut dw);
+            let lhs = dot(&y, &dy);
+            for (what, rhs) in [("input", dot(&x, &dx)), ("weight", dot(&w, &dw))] {
+                assert!(
+                    (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                    "{g:?} {what}: {lhs} vs {rhs}"
+                );
+            }
+        }
+    }
+}

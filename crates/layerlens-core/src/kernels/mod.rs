@@ -1,0 +1,737 @@
+//! CPU kernels behind the ops' interface, and the candle custom ops that run them.
+//!
+//! candle stays the tensor type and the autograd engine; where a benchmark showed
+//! its CPU kernel to be the bottleneck (convolution, forward and backward: see
+//! `docs/performance.md`), layerlens runs its own kernel as a candle custom op
+//! with its own backward. Other devices (CUDA) and dtypes keep candle's kernels.
+//! [`set_kernel_path`] switches back to candle's CPU convolution, which is how the
+//! tests check one path against the other.
+
+pub mod conv;
+pub mod pool;
+
+use crate::ops::padding::pad_hw;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use conv::{ConvGeometry, Epilogue, FusedActivation};
+use pool::PoolGeometry;
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which implementation of convolution and pooling runs on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelPath {
+    /// layerlens' kernels ([`conv`], [`pool`]): per-sample GEMMs, direct
+    /// depthwise loops, fused epilogues, their own gradients. The default.
+    Fast,
+    /// candle's `conv2d` and pooling, and their autograd (`conv_transpose2d` for
+    /// the input gradient; layerlens' workarounds for its pooling backward).
+    Candle,
+}
+
+static KERNEL_PATH: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    static KERNEL_PATH_OVERRIDE: Cell<Option<KernelPath>> = const { Cell::new(None) };
+}
+
+/// Chooses the CPU kernels for the whole process (benchmarks compare the
+/// two; there is no other reason to leave [`KernelPath::Fast`]).
+pub fn set_kernel_path(path: KernelPath) {
+    KERNEL_PATH.store(
+        match path {
+            KernelPath::Fast => 0,
+            KernelPath::Candle => 1,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// Runs `f` with `path` as the CPU kernels on this thread only (the thread
+/// that calls the model, where the choice is made), whatever the process-wide
+/// setting: how tests compare the paths side by side.
+pub fn with_kernel_path<R>(path: KernelPath, f: impl FnOnce() -> R) -> R {
+    let before = KERNEL_PATH_OVERRIDE.with(|c| c.replace(Some(path)));
+    struct Restore(Option<KernelPath>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KERNEL_PATH_OVERRIDE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
+/// The CPU kernels in use on this thread.
+pub fn kernel_path() -> KernelPath {
+    if let Some(p) = KERNEL_PATH_OVERRIDE.with(Cell::get) {
+        return p;
+    }
+    match KERNEL_PATH.load(Ordering::Relaxed) {
+        0 => KernelPath::Fast,
+        _ => KernelPath::Candle,
+    }
+}
+
+/// A convolution's hyper-parameters; `pads` are `[top, bottom, left, right]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvParams {
+    /// Stride `[h, w]`.
+    pub stride: [usize; 2],
+    /// Dilation `[h, w]`.
+    pub dilation: [usize; 2],
+    /// Zero padding `[top, bottom, left, right]`.
+    pub pads: [usize; 4],
+    /// Channel groups.
+    pub groups: usize,
+}
+
+impl ConvParams {
+    fn geometry(&self, x: &[usize], w: &[usize]) -> candle_core::Result<ConvGeometry> {
+        let (&[n, c, h, wd], &[o, _, kh, kw]) = (x, w) else {
+            candle_core::bail!("conv2d expects NCHW input and OIHW kernel, got {x:?} and {w:?}")
+        };
+        let g = ConvGeometry {
+            batch: n,
+            c_in: c,
+            h,
+            w: wd,
+            c_out: o,
+            kh,
+            kw,
+            stride: self.stride,
+            dilation: self.dilation,
+            pads: self.pads,
+            groups: self.groups,
+        };
+        g.validate().map_err(candle_core::Error::msg)?;
+        if w[1] * self.groups != c {
+            candle_core::bail!(
+                "conv2d kernel {w:?} expects {} input channels, the input {x:?} has {c}",
+                w[1] * self.groups
+            );
+        }
+        Ok(g)
+    }
+
+    fn fast(&self, x: &Tensor) -> bool {
+        x.device().is_cpu() && x.dtype() == DType::F32 && kernel_path() == KernelPath::Fast
+    }
+}
+
+/// The f32 contents of a contiguous CPU tensor's storage.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("layerlens conv kernels take f32, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("layerlens conv kernels take contiguous tensors"),
+    }
+}
+
+/// `conv2d(x, w)` with an epilogue, as a candle op; its backward (without
+/// epilogue only) runs [`conv::conv2d_backward_input`] / [`conv::conv2d_backward_weight`].
+#[derive(Clone, Debug)]
+struct ConvForward {
+    p: ConvParams,
+    scale: Option<Vec<f32>>,
+    shift: Option<Vec<f32>>,
+    act: FusedActivation,
+}
+
+impl ConvForward {
+    fn plain(p: ConvParams) -> Self {
+        ConvForward {
+            p,
+            scale: None,
+            shift: None,
+            act: FusedActivation::None,
+        }
+    }
+
+    fn run(
+        &self,
+        (x, xl): (&CpuStorage, &Layout),
+        (w, wl): (&CpuStorage, &Layout),
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.p.geometry(xl.dims(), wl.dims())?;
+        let (oh, ow) = g.out_hw().expect("validated");
+        let mut y = vec![0f32; g.batch * g.c_out * oh * ow];
+        let ep = Epilogue {
+            scale: self.scale.as_deref(),
+            shift: self.shift.as_deref(),
+            residual,
+            act: self.act,
+        };
+        if residual.is_some_and(|r| r.len() != y.len()) {
+            candle_core::bail!("the residual does not have the convolution's output shape");
+        }
+        conv::conv2d_forward(&g, slice(x, xl)?, slice(w, wl)?, &ep, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c_out, oh, ow))))
+    }
+}
+
+impl CustomOp2 for ConvForward {
+    fn name(&self) -> &'static str {
+        "layerlens-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.scale.is_some() || self.shift.is_some() || self.act != FusedActivation::None {
+            candle_core::bail!("a fused inference convolution has no gradient");
+        }
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() {
+            Some(dy.apply_op2(
+                w,
+                ConvBackwardInput {
+                    p: self.p,
+                    x_dims: x.dims().to_vec(),
+                },
+            )?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2(
+                &dy,
+                ConvBackwardWeight {
+                    p: self.p,
+                    w_dims: w.dims().to_vec(),
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp3 for ConvForward {
+    fn name(&self) -> &'static str {
+        "layerlens-conv2d-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some(slice(s3, l3)?))
+    }
+}
+
+/// `act(conv(x, w) + b)` for training: one op whose backward masks the upstream
+/// gradient by the activation and sums the bias gradient in one pass each,
+/// instead of candle's separate broadcast-add, activation and reduction nodes.
+#[derive(Clone, Copy, Debug)]
+struct ConvBiasAct {
+    p: ConvParams,
+    act: FusedActivation,
+}
+
+impl ConvBiasAct {
+    fn run(
+        &self,
+        (x, xl): (&CpuStorage, &Layout),
+        (w, wl): (&CpuStorage, &Layout),
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.p.geometry(xl.dims(), wl.dims())?;
+        if bias.is_some_and(|b| b.len() != g.c_out) {
+            candle_core::bail!("the bias does not have one value per output channel");
+        }
+        let (oh, ow) = g.out_hw().expect("validated");
+        let mut y = vec![0f32; g.lens().2];
+        let ep = Epilogue {
+            scale: None,
+            shift: bias,
+            residual: None,
+            act: self.act,
+        };
+        conv::conv2d_forward(&g, slice(x, xl)?, slice(w, wl)?, &ep, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c_out, oh, ow))))
+    }
+
+    /// The gradient before the activation, from the upstream one and the output.
+    fn pre_activation_grad(&self, y: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
+        match self.act {
+            FusedActivation::None => dy.contiguous(),
+            act => dy
+                .contiguous()?
+                .apply_op2_no_bwd(&y.contiguous()?, &ActivationMask(act)),
+        }
+    }
+
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dz: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            Some(dz.apply_op2(
+                w,
+                ConvBackwardInput {
+                    p: self.p,
+                    x_dims: x.dims().to_vec(),
+                },
+            )?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2(
+                dz,
+                ConvBackwardWeight {
+                    p: self.p,
+                    w_dims: w.dims().to_vec(),
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for ConvBiasAct {
+    fn name(&self) -> &'static str {
+        "layerlens-conv2d-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dz = self.pre_activation_grad(y, dy)?;
+        self.grads(x, w, &dz)
+    }
+}
+
+impl CustomOp3 for ConvBiasAct {
+    fn name(&self) -> &'static str {
+        "layerlens-conv2d-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some(slice(s3, l3)?))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dz = self.pre_activation_grad(y, dy)?;
+        let (dx, dw) = self.grads(x, w, &dz)?;
+        let db = if b.track_op() {
+            Some(dz.apply_op1_no_bwd(&ChannelSum)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// `dz = dy` where the activation passed its input through, 0 elsewhere
+/// (ReLU: `y > 0`; clip: `lo < y < hi`, PyTorch's hardtanh rule).
+struct ActivationMask(FusedActivation);
+
+impl CustomOp2 for ActivationMask {
+    fn name(&self) -> &'static str {
+        "layerlens-activation-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dys: &CpuStorage,
+        dyl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (dy, y) = (slice(dys, dyl)?, slice(ys, yl)?);
+        let pass: fn(f32, f32, f32) -> bool = match self.0 {
+            FusedActivation::None => |_, _, _| true,
+            FusedActivation::Relu => |y, _, _| y > 0.0,
+            FusedActivation::Clip(..) => |y, lo, hi| y > lo && y < hi,
+        };
+        let (lo, hi) = match self.0 {
+            FusedActivation::Clip(lo, hi) => (lo, hi),
+            _ => (0.0, 0.0),
+        };
+        let mut dz = vec![0f32; dy.len()];
+        dz.par_chunks_mut(1 << 14)
+            .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+            .for_each(|(dz, (dy, y))| {
+                for ((d, &g), &v) in dz.iter_mut().zip(dy).zip(y) {
+                    *d = if pass(v, lo, hi) { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(dz), dyl.shape().clone()))
+    }
+}
+
+/// Sums an NCHW tensor over everything but the channel axis.
+struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "layerlens-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let &[n, c, h, w] = l.dims() else {
+            candle_core::bail!("channel sum expects NCHW, got {:?}", l.dims())
+        };
+        let v = slice(s, l)?;
+        let hw = h * w;
+        let sums: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                (0..n)
+                    .map(|i| {
+                        v[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                            .iter()
+                            .sum::<f32>()
+                    })
+                    .sum()
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}
+
+/// `dx` from `(dy, w)`.
+struct ConvBackwardInput {
+    p: ConvParams,
+    x_dims: Vec<usize>,
+}
+
+impl CustomOp2 for ConvBackwardInput {
+    fn name(&self) -> &'static str {
+        "layerlens-conv2d-backward-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dy: &CpuStorage,
+        dyl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.p.geometry(&self.x_dims, wl.dims())?;
+        let mut dx = vec![0f32; g.lens().0];
+        conv::conv2d_backward_input(&g, slice(dy, dyl)?, slice(w, wl)?, &mut dx);
+        Ok((CpuStorage::F32(dx), Shape::from(self.x_dims.clone())))
+    }
+}
+
+/// `dw` from `(x, dy)`.
+struct ConvBackwardWeight {
+    p: ConvParams,
+    w_dims: Vec<usize>,
+}
+
+impl CustomOp2 for ConvBackwardWeight {
+    fn name(&self) -> &'static str {
+        "layerlens-conv2d-backward-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        dy: &CpuStorage,
+        dyl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.p.geometry(xl.dims(), &self.w_dims)?;
+        let mut dw = vec![0f32; g.lens().1];
+        conv::conv2d_backward_weight(&g, slice(x, xl)?, slice(dy, dyl)?, &mut dw);
+        Ok((CpuStorage::F32(dw), Shape::from(self.w_dims.clone())))
+    }
+}
+
+/// candle's convolution, padding explicitly where the padding is asymmetric
+/// (candle's kernel pads both sides alike).
+fn candle_conv2d(x: &Tensor, w: &Tensor, p: &ConvParams) -> candle_core::Result<Tensor> {
+    if p.stride[0] != p.stride[1] || p.dilation[0] != p.dilation[1] {
+        candle_core::bail!(
+            "candle's conv2d needs a square stride and dilation, got {:?} and {:?}",
+            p.stride,
+            p.dilation
+        );
+    }
+    let (s, d, g) = (p.stride[0], p.dilation[0], p.groups);
+    if p.pads.iter().all(|&q| q == p.pads[0]) {
+        x.conv2d(w, p.pads[0], s, d, g)
+    } else {
+        pad_hw(x, p.pads, 0.0)?.conv2d(w, 0, s, d, g)
+    }
+}
+
+/// A differentiable 2-D convolution: NCHW `x`, OIHW `w`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use layerlens_core::kernels::{conv2d, ConvParams};
+/// let x = Tensor::ones((1, 2, 5, 5), candle_core::DType::F32, &Device::Cpu)?;
+/// let w = Tensor::ones((3, 2, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+/// let p = ConvParams { stride: [1, 1], dilation: [1, 1], pads: [1, 1, 1, 1], groups: 1 };
+/// let y = conv2d(&x, &w, &p)?;
+/// assert_eq!(y.dims(), &[1, 3, 5, 5]);
+/// assert_eq!(y.get(0)?.get(0)?.get(2)?.get(2)?.to_scalar::<f32>()?, 18.0);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn conv2d(x: &Tensor, w: &Tensor, p: &ConvParams) -> candle_core::Result<Tensor> {
+    if !p.fast(x) {
+        return candle_conv2d(x, w, p);
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = ConvForward::plain(*p);
+    if x.track_op() || w.track_op() {
+        x.apply_op2(&w, op)
+    } else {
+        x.apply_op2_no_bwd(&w, &op)
+    }
+}
+
+/// A per-channel affine map applied to a convolution's output: `y · scale + shift`
+/// (a bias, an inference-mode batch norm, or both folded together).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChannelAffine {
+    /// Factor per output channel (`None`: 1).
+    pub scale: Option<Vec<f32>>,
+    /// Offset per output channel (`None`: 0).
+    pub shift: Option<Vec<f32>>,
+}
+
+/// An inference-only convolution with everything after it fused in one pass over
+/// the output: `act(conv(x, w) · scale + shift + residual)`.
+///
+/// Falls back to composing candle ops on other devices or when a tensor is
+/// tracked by autograd (the fused op has no gradient).
+pub fn conv2d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    p: &ConvParams,
+    affine: ChannelAffine,
+    residual: Option<&Tensor>,
+    act: FusedActivation,
+) -> candle_core::Result<Tensor> {
+    let tracked = x.track_op() || w.track_op() || residual.is_some_and(|r| r.track_op());
+    if !p.fast(x) || tracked {
+        let mut y = conv2d(x, w, p)?;
+        let c = y.dim(1)?;
+        let dev = y.device().clone();
+        if let Some(s) = &affine.scale {
+            y = y.broadcast_mul(&Tensor::from_slice(s, (1, c, 1, 1), &dev)?)?;
+        }
+        if let Some(t) = &affine.shift {
+            y = y.broadcast_add(&Tensor::from_slice(t, (1, c, 1, 1), &dev)?)?;
+        }
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
+        return match act {
+            FusedActivation::None => Ok(y),
+            FusedActivation::Relu => y.relu(),
+            FusedActivation::Clip(lo, hi) => y.clamp(lo, hi),
+        };
+    }
+    let op = ConvForward {
+        p: *p,
+        scale: affine.scale,
+        shift: affine.shift,
+        act,
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match residual {
+        Some(r) => x.apply_op3_no_bwd(&w, &r.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&w, &op),
+    }
+}
+
+/// Max or average pooling on the CPU path (`count_include_pad` only matters for average).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolParams {
+    /// Max (`true`) or average pooling.
+    pub max: bool,
+    /// Window `[h, w]`.
+    pub kernel: [usize; 2],
+    /// Stride `[h, w]`.
+    pub stride: [usize; 2],
+    /// Implicit padding `[top, bottom, left, right]`.
+    pub pads: [usize; 4],
+    /// Average pooling divides by the whole window, padding included.
+    pub count_include_pad: bool,
+}
+
+impl PoolParams {
+    fn geometry(&self, x: &[usize]) -> candle_core::Result<PoolGeometry> {
+        let &[batch, c, h, w] = x else {
+            candle_core::bail!("pooling expects NCHW input, got {x:?}")
+        };
+        let g = PoolGeometry {
+            batch,
+            c,
+            h,
+            w,
+            kernel: self.kernel,
+            stride: self.stride,
+            pads: self.pads,
+        };
+        if g.out_hw().is_none() {
+            candle_core::bail!(
+                "a {:?} pooling window does not fit a {h}x{w} input padded by {:?}",
+                self.kernel,
+                self.pads
+            );
+        }
+        Ok(g)
+    }
+}
+
+struct PoolForward(PoolParams);
+
+impl CustomOp1 for PoolForward {
+    fn name(&self) -> &'static str {
+        "layerlens-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0.geometry(l.dims())?;
+        let (oh, ow) = g.out_hw().expect("checked");
+        let x = slice(s, l)?;
+        let mut y = vec![0f32; g.lens().expect("checked").1];
+        if self.0.max {
+            pool::max_pool_forward(&g, x, &mut y);
+        } else {
+            pool::avg_pool_forward(&g, x, &mut y, self.0.count_include_pad);
+        }
+        Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2(&dy.contiguous()?, PoolBackward(self.0))?))
+    }
+}
+
+/// `dx` from `(x, dy)`.
+struct PoolBackward(PoolParams);
+
+impl CustomOp2 for PoolBackward {
+    fn name(&self) -> &'static str {
+        "layerlens-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        dys: &CpuStorage,
+        dyl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0.geometry(xl.dims())?;
+        let mut dx = vec![0f32; g.lens().expect("checked").0];
+        let dy = slice(dys, dyl)?;
+        if self.0.max {
+            pool::max_pool_backward(&g, slice(xs, xl)?, dy, &mut dx);
+        } else {
+            pool::avg_pool_backward(&g, dy, &mut dx, self.0.count_include_pad);
+        }
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+/// Differentiable pooling with layerlens' CPU kernels; `None` where they do not
+/// apply (another device or dtype, or the candle path chosen), so the caller
+/// runs candle's.
+pub fn pool2d(x: &Tensor, p: &PoolParams) -> Option<candle_core::Result<Tensor>> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32 && kernel_path() == KernelPath::Fast) {
+        return None;
+    }
+    Some(x.contiguous().and_then(|x| {
+        if x.track_op() {
+            x.apply_op1(PoolForward(*p))
+        } else {
+            x.apply_op1_no_bwd(&PoolForward(*p))
+        }
+    }))
+}
+
+/// A differentiable `act(conv(x, w) + bias)` in one op with its own backward
+/// (see [`conv2d`] for the plain convolution). Off the CPU path it composes
+/// candle ops.
+pub fn conv2d_bias_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: &ConvParams,
+    act: FusedActivation,
+) -> candle_core::Result<Tensor> {
+    if !p.fast(x) {
+        let mut y = conv2d(x, w, p)?;
+        if let Some(b) = bias {
+            y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+        }
+        return match act {
+            FusedActivation::None => Ok(y),
+            FusedActivation::Relu => y.relu(),
+            FusedActivation::Clip(lo, hi) => y.clamp(lo, hi),
+        };
+    }
+    let op = ConvBiasAct { p: *p, act };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}

@@ -1,0 +1,225 @@
+//! 2-D max and average pooling on f32 NCHW slices, forward and backward, with
+//! implicit padding (max pooling never selects a padded cell; average pooling
+//! counts padded cells or not, as PyTorch's `count_include_pad`).
+//!
+//! Max pooling's backward recomputes each window's first maximum (PyTorch's tie
+//! rule) instead of storing indices, so the forward allocates only its output.
+
+use rayon::prelude::*;
+
+/// A pooling's sizes; `pads` are `[top, bottom, left, right]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolGeometry {
+    /// Samples.
+    pub batch: usize,
+    /// Channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Window `[h, w]`.
+    pub kernel: [usize; 2],
+    /// Stride `[h, w]`.
+    pub stride: [usize; 2],
+    /// Padding `[top, bottom, left, right]`.
+    pub pads: [usize; 4],
+}
+
+impl PoolGeometry {
+    /// Output `(height, width)`; `None` when the window does not fit or a size is zero.
+    pub fn out_hw(&self) -> Option<(usize, usize)> {
+        if self.kernel.contains(&0) || self.stride.contains(&0) {
+            return None;
+        }
+        let ph = self.h + self.pads[0] + self.pads[1];
+        let pw = self.w + self.pads[2] + self.pads[3];
+        if ph < self.kernel[0] || pw < self.kernel[1] {
+            return None;
+        }
+        Some((
+            (ph - self.kernel[0]) / self.stride[0] + 1,
+            (pw - self.kernel[1]) / self.stride[1] + 1,
+        ))
+    }
+
+    /// Elements of the input and of the output.
+    pub fn lens(&self) -> Option<(usize, usize)> {
+        let (oh, ow) = self.out_hw()?;
+        let planes = self.batch * self.c;
+        Some((planes * self.h * self.w, planes * oh * ow))
+    }
+
+    /// The input rows and columns window `(oy, ox)` covers, clipped to the input.
+    #[inline]
+    fn window(&self, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let clip = |o: usize, s: usize, k: usize, pad: usize, size: usize| {
+            let start = (o * s) as isize - pad as isize;
+            let end = (start + k as isize).min(size as isize);
+            start.max(0) as usize..end.max(0) as usize
+        };
+        (
+            clip(oy, self.stride[0], self.kernel[0], self.pads[0], self.h),
+            clip(ox, self.stride[1], self.kernel[1], self.pads[2], self.w),
+        )
+    }
+}
+
+/// The flat index (within a plane) of the first maximum of window `(oy, ox)`.
+#[inline]
+fn argmax(g: &PoolGeometry, plane: &[f32], oy: usize, ox: usize) -> Option<usize> {
+    let (rows, cols) = g.window(oy, ox);
+    let mut best: Option<(usize, f32)> = None;
+    for r in rows {
+        for c in cols.clone() {
+            let v = plane[r * g.w + c];
+            // NaN wins, as in PyTorch.
+            if best.is_none_or(|(_, b)| v > b || v.is_nan() && !b.is_nan()) {
+                best = Some((r * g.w + c, v));
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Max pooling: `y` is NCHW of the output size.
+pub fn max_pool_forward(g: &PoolGeometry, x: &[f32], y: &mut [f32]) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let hw = g.h * g.w;
+    y.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(hw))
+        .for_each(|(y_p, x_p)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    y_p[oy * ow + ox] =
+                        argmax(g, x_p, oy, ox).map_or(f32::NEG_INFINITY, |i| x_p[i]);
+                }
+            }
+        });
+}
+
+/// Max pooling's input gradient: each window's gradient goes to its first maximum.
+pub fn max_pool_backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let hw = g.h * g.w;
+    dx.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .zip(dy.par_chunks(oh * ow))
+        .for_each(|((dx_p, x_p), dy_p)| {
+            dx_p.fill(0.0);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    if let Some(i) = argmax(g, x_p, oy, ox) {
+                        dx_p[i] += dy_p[oy * ow + ox];
+                    }
+                }
+            }
+        });
+}
+
+fn divisor(g: &PoolGeometry, oy: usize, ox: usize, count_include_pad: bool) -> f32 {
+    if count_include_pad {
+        (g.kernel[0] * g.kernel[1]) as f32
+    } else {
+        let (r, c) = g.window(oy, ox);
+        (r.len() * c.len()).max(1) as f32
+    }
+}
+
+/// Average pooling.
+pub fn avg_pool_forward(g: &PoolGeometry, x: &[f32], y: &mut [f32], count_include_pad: bool) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let hw = g.h * g.w;
+    y.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(hw))
+        .for_each(|(y_p, x_p)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (rows, cols) = g.window(oy, ox);
+                    let mut s = 0.0f32;
+                    for r in rows {
+                        s += x_p[r * g.w + cols.start..r * g.w + cols.end]
+                            .iter()
+                            .sum::<f32>();
+                    }
+                    y_p[oy * ow + ox] = s / divisor(g, oy, ox, count_include_pad);
+                }
+            }
+        });
+}
+
+/// Average pooling's input gradient.
+pub fn avg_pool_backward(g: &PoolGeometry, dy: &[f32], dx: &mut [f32], count_include_pad: bool) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let hw = g.h * g.w;
+    dx.par_chunks_mut(hw)
+        .zip(dy.par_chunks(oh * ow))
+        .for_each(|(dx_p, dy_p)| {
+            dx_p.fill(0.0);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (rows, cols) = g.window(oy, ox);
+                    let v = dy_p[oy * ow + ox] / divisor(g, oy, ox, count_include_pad);
+                    for r in rows {
+                        for d in &mut dx_p[r * g.w + cols.start..r * g.w + cols.end] {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool_with_padding_ties_and_gradient() {
+        // One 3x4 plane, 2x2 windows, stride 2, one row of padding at the bottom.
+        let g = PoolGeometry {
+            batch: 1,
+            c: 1,
+            h: 3,
+            w: 4,
+            kernel: [2, 2],
+            stride: [2, 2],
+            pads: [0, 1, 0, 0],
+        };
+        let x = [
+            1.0, 5.0, 2.0, 2.0, 5.0, 0.0, 2.0, -1.0, -3.0, -4.0, -7.0, -2.0,
+        ];
+        let mut y = [0.0; 4];
+        max_pool_forward(&g, &x, &mut y);
+        assert_eq!(y, [5.0, 2.0, -3.0, -2.0]);
+        let mut dx = [9.0; 12];
+        max_pool_backward(&g, &x, &[1.0, 2.0, 3.0, 4.0], &mut dx);
+        // Ties go to the first maximum in scan order.
+        assert_eq!(
+            dx,
+            [0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn avg_pool_counts_padding_as_asked() {
+        let g = PoolGeometry {
+            batch: 1,
+            c: 1,
+            h: 2,
+            w: 2,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1, 1, 1, 1],
+        };
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let mut y = [0.0; 4];
+        avg_pool_forward(&g, &x, &mut y, true);
+        assert_eq!(y, [10.0 / 9.0; 4]);
+        avg_pool_forward(&g, &x, &mut y, false);
+        assert_eq!(y, [2.5; 4]);
+        let mut dx = [0.0; 4];
+        avg_pool_backward(&g, &[4.0, 4.0, 4.0, 4.0], &mut dx, false);
+        assert_eq!(dx, [4.0; 4]);
+    }
+}

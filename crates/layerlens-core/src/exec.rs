@@ -5,10 +5,12 @@ use crate::builder::functional_frozen_key;
 use crate::error::{Error, NodeContext, Result};
 use crate::hooks::HookCtx;
 use crate::ir::{Node, NodeId, OpT};
+use crate::kernels::conv::FusedActivation;
+use crate::kernels::{self, ChannelAffine};
 use crate::lambda::{LambdaCtx, RefMode};
 use crate::model::{ExecOutput, Mode, Model, RunOptions};
 use crate::ops::ForwardCtx;
-use crate::plan::Plan;
+use crate::plan::{ConvChain, FusedSteps, Plan, Step};
 use crate::shape::Shape;
 use candle_core::{Tensor, Var};
 
@@ -34,6 +36,12 @@ impl Model {
         }
         let train = opts.mode == Mode::Train;
         let hooks_on = !self.hooks.is_empty();
+        if let Some(fused) = &plan.fused {
+            // Plain inference: nothing observes the absorbed intermediates.
+            if !train && !opts.track_params && !hooks_on && cut.is_empty() {
+                return self.execute_fused(plan, fused, inputs, opts);
+            }
+        }
         let mut slots: Vec<Option<Tensor>> = vec![None; g.nodes().len()];
         let mut cuts = Vec::new();
         let (mut live, mut peak_live) = (0usize, 0usize);
@@ -99,6 +107,125 @@ impl Model {
             cuts,
             peak_live,
         })
+    }
+
+    fn execute_fused(
+        &self,
+        plan: &Plan,
+        fused: &FusedSteps,
+        inputs: &[Tensor],
+        opts: RunOptions,
+    ) -> Result<ExecOutput> {
+        let g = self.graph();
+        let mut slots: Vec<Option<Tensor>> = vec![None; g.nodes().len()];
+        let (mut live, mut peak_live) = (0usize, 0usize);
+        let value = |slots: &[Option<Tensor>], i: NodeId| -> Tensor {
+            slots[i].clone().expect("plan runs inputs first")
+        };
+        for (step, s) in fused.steps.iter().enumerate() {
+            let (id, y) = match s {
+                Step::Node(id) => {
+                    let node = g.node(*id);
+                    let y = match &node.op {
+                        OpT::Input(shape) => {
+                            let slot = g
+                                .inputs()
+                                .iter()
+                                .position(|i| i == id)
+                                .expect("input node is a graph input");
+                            self.check_input(node, shape, &inputs[slot])?
+                        }
+                        _ => {
+                            let xs: Vec<Tensor> =
+                                node.inputs.iter().map(|&i| value(&slots, i)).collect();
+                            self.run_node(node, &xs, opts)?
+                        }
+                    };
+                    (*id, y)
+                }
+                Step::Chain(c) => {
+                    let x = value(&slots, g.node(c.conv).inputs[0]);
+                    let residual = c.add.map(|(_, other)| value(&slots, other));
+                    (c.last, self.run_chain(c, &x, residual.as_ref())?)
+                }
+            };
+            slots[id] = Some(y);
+            live += 1;
+            peak_live = peak_live.max(live);
+            for &f in &fused.free_after[step] {
+                if slots[f].take().is_some() {
+                    live -= 1;
+                }
+            }
+        }
+        let values = plan
+            .outputs
+            .iter()
+            .map(|&o| slots[o].clone().expect("outputs are kept"))
+            .collect();
+        Ok(ExecOutput {
+            values,
+            cuts: Vec::new(),
+            peak_live,
+        })
+    }
+
+    /// A convolution chain as one kernel call: the batch norm's running statistics
+    /// and the conv bias become a per-channel scale and shift.
+    fn run_chain(&self, c: &ConvChain, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let node = g_node(self, c.conv);
+        let OpT::Conv2d(conv) = &node.op else {
+            unreachable!("chains start at a convolution")
+        };
+        let at = |key: String| -> Result<Vec<f32>> {
+            self.param_for(&key, false)?
+                .to_vec1::<f32>()
+                .at_node(&node.name)
+        };
+        let (_, _, h, w) = x.dims4().at_node(&node.name)?;
+        let weight = self.param_for(&format!("{}.weight", node.layer), false)?;
+        let bias = if conv.bias {
+            Some(at(format!("{}.bias", node.layer))?)
+        } else {
+            None
+        };
+        let mut affine = ChannelAffine {
+            scale: None,
+            shift: bias.clone(),
+        };
+        if let Some(bn_id) = c.bn {
+            let bn_node = g_node(self, bn_id);
+            let OpT::BatchNorm(bn) = &bn_node.op else {
+                unreachable!("chain batch norm")
+            };
+            let l = &bn_node.layer;
+            let mean = at(format!("{l}.running_mean"))?;
+            let var = at(format!("{l}.running_var"))?;
+            let (gamma, beta) = if bn.affine {
+                (at(format!("{l}.weight"))?, at(format!("{l}.bias"))?)
+            } else {
+                (vec![1.0; mean.len()], vec![0.0; mean.len()])
+            };
+            let scale: Vec<f32> = gamma
+                .iter()
+                .zip(&var)
+                .map(|(g, v)| (*g as f64 / (*v as f64 + bn.eps).sqrt()) as f32)
+                .collect();
+            let shift = (0..scale.len())
+                .map(|i| beta[i] + (bias.as_ref().map_or(0.0, |b| b[i]) - mean[i]) * scale[i])
+                .collect();
+            // y = (conv + b - mean) * scale + beta = conv * scale + shift
+            affine = ChannelAffine {
+                scale: Some(scale),
+                shift: Some(shift),
+            };
+        }
+        let act = match c.act.map(|a| &g_node(self, a).op) {
+            Some(OpT::Activation(a)) => a.fusable().expect("chains hold fusable activations"),
+            _ => FusedActivation::None,
+        };
+        kernels::conv2d_fused(x, &weight, &conv.conv_params((h, w)), affine, residual, act)
+            .at_node(&g_node(self, c.last).name)
     }
 
     fn check_input(&self, node: &Node, shape: &Shape, x: &Tensor) -> Result<Tensor> {
@@ -194,4 +321,8 @@ impl Model {
             .execute(&plan, inputs, RunOptions::default(), &[])?
             .peak_live)
     }
+}
+
+fn g_node(model: &Model, id: NodeId) -> &Node {
+    model.graph().node(id)
 }

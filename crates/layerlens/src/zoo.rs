@@ -55,6 +55,7 @@ impl Block for BasicBlock {
 
 /// ResNet-18 with torchvision's module names, for `(3, size, size)` inputs
 /// (224 for ImageNet). Loads a torchvision state dict with [`crate::weights`].
+/// `layer1`…`layer4` name the stage outputs, as the stage modules do in PyTorch.
 pub fn resnet18(num_classes: usize) -> Result<Model> {
     let mut g = Functional::new("resnet18");
     let x = g.input("input", [3, 224, 224])?;
@@ -82,6 +83,8 @@ pub fn resnet18(num_classes: usize) -> Result<Model> {
                 &[y],
             )?;
         }
+        // torchvision's stage modules (`model.layer2`): their output is the last block's.
+        g.alias(&format!("layer{}", stage + 1), y)?;
     }
     let y = g.add_as("avgpool", GlobalAvgPool { keepdims: true }, &[y])?;
     let y = g.add_as("flatten", Flatten, &[y])?;

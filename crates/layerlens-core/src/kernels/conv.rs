@@ -182,13 +182,19 @@ impl Epilogue<'_> {
         }
     }
 
-    fn sample(&self, y_n: &mut [f32], n: usize, ohw: usize) {
+    fn sample(&self, y_n: &mut [f32], n: usize, ohw: usize, parallel: bool) {
         if self.is_identity() {
             return;
         }
         let per_sample = y_n.len();
-        for (c, plane) in y_n.chunks_mut(ohw).enumerate() {
-            self.plane(plane, c, n * per_sample + c * ohw);
+        if parallel && threads() > 1 {
+            y_n.par_chunks_mut(ohw)
+                .enumerate()
+                .for_each(|(c, plane)| self.plane(plane, c, n * per_sample + c * ohw));
+        } else {
+            for (c, plane) in y_n.chunks_mut(ohw).enumerate() {
+                self.plane(plane, c, n * per_sample + c * ohw);
+            }
         }
     }
 }
@@ -419,7 +425,7 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
                 gemm_parallelism(inner_parallel),
             );
         }
-        ep.sample(y_n, n, ohw);
+        ep.sample(y_n, n, ohw, inner_parallel);
     };
     if per_sample_parallel(g) {
         y.par_chunks_mut(y_per)

@@ -8,6 +8,9 @@ use layerlens::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "layerlens",

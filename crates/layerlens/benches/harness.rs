@@ -12,6 +12,8 @@
 //! seeded initial weights (timings do not depend on the values).
 //!
 //! Repetitions: `$REPS` (default 20; batch 8 and training run fewer).
+//! `LAYERLENS_KERNELS=candle` runs candle's CPU convolution and pooling instead of
+//! layerlens' kernels (the "before" column of docs/performance.md).
 
 use layerlens::candle_core::{Device, Tensor};
 use layerlens::prelude::*;
@@ -163,6 +165,10 @@ fn main() -> layerlens::Result<()> {
 }
 
 fn run_case(case: &str, dir: Option<&Path>) -> layerlens::Result<()> {
+    // `LAYERLENS_KERNELS=candle` measures candle's own CPU convolution and pooling.
+    if std::env::var("LAYERLENS_KERNELS").is_ok_and(|k| k == "candle") {
+        layerlens::kernels::set_kernel_path(layerlens::kernels::KernelPath::Candle);
+    }
     let reps: usize = std::env::var("REPS")
         .ok()
         .and_then(|s| s.parse().ok())

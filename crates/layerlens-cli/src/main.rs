@@ -3,9 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use layerlens::data::{embedded_fashion_mnist, Split, FASHION_CLASSES};
+use layerlens::extract::OutputFormat;
 use layerlens::lambda::{CustomOp, L2Normalize, Reduce};
 use layerlens::prelude::*;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 #[global_allocator]
@@ -152,21 +153,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Extracts activations of chosen layers into a safetensors file (tensors named
-    /// by node name).
+    /// Extracts activations of chosen layers (tensors named by node name), into one
+    /// file or, streaming over whole datasets, into a directory of shards.
+    ///
+    /// --out with an extension (.safetensors, .npz, .npy, .parquet) writes one file,
+    /// computed in memory. --out without one is a directory: inputs stream through
+    /// the model (decoded in parallel, memory bounded) into shards written atomically,
+    /// with run.json, one shard-NNNNN.json index per shard and, once all is done,
+    /// manifest.jsonl (each input's path, shard file and row, or why it was skipped).
     ///
     /// Example: layerlens extract zoo:seed_cnn --input embedded:fashion-mnist-test --layers 'conv2d*' --apply mean --out feats.safetensors
+    ///
+    /// Example: layerlens extract model.onnx --input photos/ --layers 'layer*' --preprocess imagenet --out feats/ --shard 2/8 --resume
     Extract {
         /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
         model: String,
-        /// Inputs: .npy or .safetensors float32 NCHW tensors (the first tensor of a
+        /// Inputs: images (png, jpg), directories of images (recursive), .npy or
+        /// .safetensors float32 NCHW tensors used as they are (the first tensor of a
         /// safetensors file), or embedded:fashion-mnist-test / embedded:fashion-mnist-train.
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<String>,
         /// Comma-separated node names or globs, or `all`.
         #[arg(long)]
         layers: String,
-        /// Output safetensors file (written atomically).
+        /// Output file (.safetensors, .npz, .npy for one layer, .parquet) or directory.
         #[arg(long)]
         out: PathBuf,
         /// Samples per forward pass.
@@ -178,8 +188,32 @@ enum Command {
         #[arg(long)]
         apply: Option<String>,
         /// Preprocessing of image inputs: unit ([0, 1]), imagenet, efficientnet-lite.
+        /// Images of the model's input size are used as they are; others are resized
+        /// (and centre-cropped for square inputs).
         #[arg(long, default_value = "unit")]
         preprocess: String,
+        /// safetensors, npy (.npz archives of .npy) or parquet (a path column and a
+        /// list<float> column per layer). Default: from --out's extension, else safetensors.
+        #[arg(long)]
+        format: Option<String>,
+        /// Continue an unfinished run in the --out directory (same inputs and
+        /// options); complete shards are kept, the rest is computed.
+        #[arg(long)]
+        resume: bool,
+        /// Process only the K-th of N disjoint parts (1 <= K <= N), e.g. 3/8; give
+        /// the N jobs the same inputs and options, and each its own --out.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<String>,
+        /// Inputs per output shard (default: up to 1024, fewer for large layers so
+        /// that a shard stays under 256 MiB).
+        #[arg(long)]
+        shard_rows: Option<usize>,
+        /// Stop at the first unreadable image (default: warn, skip it, list it at the end).
+        #[arg(long)]
+        strict: bool,
+        /// Image decoding threads (default: half the cores).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
 }
 
@@ -196,15 +230,27 @@ fn main() {
             batch,
             apply,
             preprocess,
-        } => extract(
-            &model,
-            &input,
-            &layers,
-            &out,
+            format,
+            resume,
+            shard,
+            shard_rows,
+            strict,
+            jobs,
+        } => extract(&ExtractArgs {
+            model,
+            input,
+            layers,
+            out,
             batch,
-            apply.as_deref(),
-            &preprocess,
-        ),
+            apply,
+            preprocess,
+            format,
+            resume,
+            shard,
+            shard_rows,
+            strict,
+            jobs,
+        }),
         Command::Show {
             model,
             input,
@@ -311,10 +357,22 @@ fn load_model(spec: &str) -> Result<Model> {
     Ok(Model::load(path, &Device::Cpu)?)
 }
 
-fn load_inputs(spec: &str, model: &Model, preset: &str) -> Result<Tensor> {
+/// A tensor input (or one image) as a batch, with a label per row.
+fn load_inputs(spec: &str, model: &Model, preset: &str) -> Result<(Tensor, Vec<String>)> {
+    let rows = |t: &Tensor| -> Result<Vec<String>> {
+        Ok((0..t.dim(0)?).map(|i| format!("{spec}[{i}]")).collect())
+    };
     match spec {
-        "embedded:fashion-mnist-test" => return Ok(embedded_fashion_mnist(Split::Test)?.images),
-        "embedded:fashion-mnist-train" => return Ok(embedded_fashion_mnist(Split::Train)?.images),
+        "embedded:fashion-mnist-test" | "embedded:fashion-mnist-train" => {
+            let split = if spec.ends_with("test") {
+                Split::Test
+            } else {
+                Split::Train
+            };
+            let t = embedded_fashion_mnist(split)?.images;
+            let r = rows(&t)?;
+            return Ok((t, r));
+        }
         _ => {}
     }
     let path = Path::new(spec);
@@ -332,14 +390,20 @@ fn load_inputs(spec: &str, model: &Model, preset: &str) -> Result<Tensor> {
                 .with_context(|| format!("{spec}: no tensors in file"))?;
             map[first].clone()
         }
-        Some(ext) if ["png", "jpg", "jpeg"].contains(&ext.to_ascii_lowercase().as_str()) => {
-            return load_picture(path, model, preset).map(|(x, _)| x);
+        _ if layerlens::extract::is_image_file(path) => {
+            let x = load_picture(path, model, preset)?.0;
+            return Ok((x, vec![spec.to_string()]));
         }
+        _ if path.is_dir() => bail!(
+            "{spec} is a directory: directories stream into a directory of shards, so give --out a directory (no file extension)"
+        ),
         _ => bail!(
-            "{spec}: unsupported input (use .png, .jpg, .npy, .safetensors or embedded:fashion-mnist-test)"
+            "{spec}: unsupported input (use .png, .jpg, a directory, .npy, .safetensors or embedded:fashion-mnist-test)"
         ),
     };
-    Ok(t.to_dtype(DType::F32)?)
+    let t = t.to_dtype(DType::F32)?;
+    let r = rows(&t)?;
+    Ok((t, r))
 }
 
 fn builtin_lambda(name: &str, rank: usize) -> Result<Box<dyn Fn() -> Box<dyn CustomOpBox>>> {
@@ -419,41 +483,94 @@ fn write_safetensors_atomic(
     tensors: &HashMap<String, Tensor>,
     meta: HashMap<String, String>,
 ) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    let r = safetensors::serialize_to_file(tensors.iter(), Some(meta), &tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))
-        .and_then(|_| {
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("{}: cannot rename into place", path.display()))
-        });
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let named: Vec<(String, Tensor)> = names
+        .into_iter()
+        .map(|n| (n.clone(), tensors[n].clone()))
+        .collect();
+    layerlens::extract::write_tensors(
+        path,
+        OutputFormat::Safetensors,
+        &named,
+        &[],
+        &meta.into_iter().collect(),
+    )?;
+    Ok(())
 }
 
-fn extract(
-    model: &str,
-    inputs: &[String],
-    layers: &str,
-    out: &Path,
+struct ExtractArgs {
+    model: String,
+    input: Vec<String>,
+    layers: String,
+    out: PathBuf,
     batch: usize,
-    apply: Option<&str>,
-    preset: &str,
-) -> Result<()> {
-    if batch == 0 {
+    apply: Option<String>,
+    preprocess: String,
+    format: Option<String>,
+    resume: bool,
+    shard: Option<String>,
+    shard_rows: Option<usize>,
+    strict: bool,
+    jobs: Option<usize>,
+}
+
+fn extract(a: &ExtractArgs) -> Result<()> {
+    if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let model = load_model(model)?;
-    let (xmodel, names) = extraction_model(&model, layers, apply)?;
+    let format = a.format.as_deref().map(OutputFormat::parse).transpose()?;
+    let model = load_model(&a.model)?;
+    let (xmodel, names) = extraction_model(&model, &a.layers, a.apply.as_deref())?;
+    match OutputFormat::from_path(&a.out) {
+        Some(from_ext) => {
+            if let Some(f) = format.filter(|&f| f != from_ext) {
+                bail!(
+                    "--format {f:?} disagrees with --out {} (drop one of them)",
+                    a.out.display()
+                );
+            }
+            for (set, flag) in [
+                (a.resume, "--resume"),
+                (a.shard.is_some(), "--shard"),
+                (a.shard_rows.is_some(), "--shard-rows"),
+                (a.strict, "--strict"),
+            ] {
+                if set {
+                    bail!(
+                        "{flag} is for a directory of shards: give --out a directory (no file extension), not {}",
+                        a.out.display()
+                    );
+                }
+            }
+            extract_to_file(a, &model, &xmodel, &names, from_ext)
+        }
+        None => extract_to_dir(
+            a,
+            &model,
+            &xmodel,
+            &names,
+            format.unwrap_or(OutputFormat::Safetensors),
+        ),
+    }
+}
+
+/// Small inputs: everything in memory, one output file.
+fn extract_to_file(
+    a: &ExtractArgs,
+    model: &Model,
+    xmodel: &Model,
+    names: &[String],
+    format: OutputFormat,
+) -> Result<()> {
     let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); names.len()];
-    let mut count = 0;
-    for spec in inputs {
-        let x = load_inputs(spec, &model, preset)?;
+    let mut rows = Vec::new();
+    for spec in &a.input {
+        let (x, labels) = load_inputs(spec, model, &a.preprocess)?;
         let n = x.dim(0)?;
         let mut start = 0;
         while start < n {
-            let len = batch.min(n - start);
+            let len = a.batch.min(n - start);
             let outs = xmodel
                 .forward(&[x.narrow(0, start, len)?])
                 .with_context(|| format!("input {spec}"))?;
@@ -462,25 +579,98 @@ fn extract(
             }
             start += len;
         }
-        count += n;
+        rows.extend(labels);
     }
-    let mut tensors = HashMap::new();
+    let mut tensors = Vec::new();
     for (name, p) in names.iter().zip(parts) {
-        tensors.insert(name.clone(), Tensor::cat(&p, 0)?);
+        tensors.push((name.clone(), Tensor::cat(&p, 0)?));
     }
-    let mut meta = HashMap::from([("layerlens.samples".to_string(), count.to_string())]);
-    if let Some(a) = apply {
-        meta.insert("layerlens.apply".into(), a.into());
+    let mut meta = BTreeMap::from([("layerlens.samples".to_string(), rows.len().to_string())]);
+    if let Some(ap) = &a.apply {
+        meta.insert("layerlens.apply".into(), ap.clone());
     }
-    write_safetensors_atomic(out, &tensors, meta)?;
+    layerlens::extract::write_tensors(&a.out, format, &tensors, &rows, &meta)?;
     eprintln!(
-        "wrote {} tensor(s) for {count} sample(s) to {}",
+        "wrote {} tensor(s) for {} sample(s) to {}",
         tensors.len(),
-        out.display()
+        rows.len(),
+        a.out.display()
     );
-    for name in &names {
-        eprintln!("  {name}: {:?}", tensors[name].dims());
+    for (name, t) in &tensors {
+        eprintln!("  {name}: {:?}", t.dims());
     }
+    Ok(())
+}
+
+/// Whole datasets: streamed into shards, resumable, splittable.
+fn extract_to_dir(
+    a: &ExtractArgs,
+    model: &Model,
+    xmodel: &Model,
+    names: &[String],
+    format: OutputFormat,
+) -> Result<()> {
+    use layerlens::extract::{extract_dataset, list_images, DatasetOptions, ShardSpec};
+    use layerlens::preprocess::{ImageLoader, Preset};
+    let mut paths = Vec::new();
+    for spec in &a.input {
+        let p = Path::new(spec);
+        if spec.starts_with("embedded:")
+            || p.extension()
+                .is_some_and(|e| e == "npy" || e == "safetensors")
+        {
+            bail!("{spec}: tensor inputs are extracted into one file: give --out FILE.safetensors (or .npz, .parquet)");
+        }
+        paths.push(p.to_path_buf());
+    }
+    let items = list_images(&paths)?;
+    if items.is_empty() {
+        bail!("no images (.png, .jpg) found in {}", a.input.join(", "));
+    }
+    let loader = ImageLoader::for_model(model, Preset::parse(&a.preprocess)?)?;
+    let mut options = DatasetOptions::new(&a.out);
+    options.format = format;
+    options.batch = a.batch;
+    options.rows_per_shard = a.shard_rows;
+    options.shard = a
+        .shard
+        .as_deref()
+        .map(ShardSpec::parse)
+        .transpose()?
+        .unwrap_or(ShardSpec::ALL);
+    options.resume = a.resume;
+    options.strict = a.strict;
+    options.decode_threads = a.jobs.unwrap_or(0);
+    options.progress = true;
+    options.settings = BTreeMap::from([
+        ("model".to_string(), a.model.clone()),
+        ("layers".to_string(), a.layers.clone()),
+        ("apply".to_string(), a.apply.clone().unwrap_or_default()),
+        ("preprocess".to_string(), a.preprocess.clone()),
+    ]);
+    let report = extract_dataset(xmodel, names, &items, &loader, &options)?;
+    eprintln!(
+        "{} of {} input(s) (part {}): {} row(s) in {} new shard(s){}, {} row(s) per shard, into {}",
+        report.inputs,
+        items.len(),
+        options.shard,
+        report.rows_written,
+        report.shards_written,
+        if report.shards_kept > 0 {
+            format!(" ({} kept from the earlier run)", report.shards_kept)
+        } else {
+            String::new()
+        },
+        report.rows_per_shard,
+        a.out.display()
+    );
+    if !report.skipped.is_empty() {
+        eprintln!("skipped {} unreadable image(s):", report.skipped.len());
+        for s in &report.skipped {
+            eprintln!("  {}: {}", s.path, s.error);
+        }
+    }
+    eprintln!("manifest: {}", report.manifest.display());
     Ok(())
 }
 
@@ -731,32 +921,16 @@ fn train(a: &TrainArgs) -> Result<()> {
 /// Loads an image sized for the model's input: `(1, C, H, W)` with `preset`
 /// applied, and the same crop as a picture for overlays.
 fn load_picture(path: &Path, model: &Model, preset: &str) -> Result<(Tensor, image::RgbImage)> {
-    use layerlens::preprocess::{from_image, load_image, Preset};
-    let g = model.graph();
-    let shape = g.node(g.inputs()[0]).shape.clone();
-    let (c, h, w) = shape
-        .chw()
-        .with_context(|| format!("the model's input {shape} is not an image"))?;
-    let preset = Preset::parse(preset)?;
-    let (x, display) = if h == w {
-        (
-            load_image(path, c, h, preset)?,
-            load_image(path, c, h, Preset::UnitRange)?,
-        )
-    } else {
-        let img = image::open(path)
-            .with_context(|| format!("{}: cannot decode image", path.display()))?;
-        let img = img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
-        (
-            from_image(&img, c, preset)?,
-            from_image(&img, c, Preset::UnitRange)?,
-        )
-    };
+    use layerlens::preprocess::{decode_image, fit_image, from_image, ImageLoader, Preset};
+    let loader = ImageLoader::for_model(model, Preset::parse(preset)?)?;
+    let img = fit_image(decode_image(path)?, loader.width, loader.height);
+    let x = from_image(&img, loader.channels, loader.preset)?;
+    let display = from_image(&img, loader.channels, Preset::UnitRange)?;
     Ok((x, layerlens::viz::cam::to_rgb_image(&display)?))
 }
 
 fn input_tensor(spec: &str, model: &Model, preset: &str) -> Result<Tensor> {
-    let x = load_inputs(spec, model, preset)?;
+    let (x, _) = load_inputs(spec, model, preset)?;
     Ok(if x.dim(0)? > 1 { x.narrow(0, 0, 1)? } else { x })
 }
 

@@ -21,6 +21,7 @@
 //! # Ok::<(), layerlens::Error>(())
 //! ```
 
+pub mod extract;
 pub mod preprocess;
 pub mod weights;
 pub mod zoo;

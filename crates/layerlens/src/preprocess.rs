@@ -43,19 +43,86 @@ pub fn load_image(
     size: usize,
     preset: Preset,
 ) -> Result<Tensor> {
-    let path = path.as_ref();
-    let img = image::open(path).map_err(|e| Error::Format {
+    let img = decode_image(path.as_ref())?;
+    from_image(&fit_image(img, size, size), channels, preset)
+}
+
+/// Decodes an image file (png, jpg), naming the file in the error.
+pub fn decode_image(path: &Path) -> Result<image::DynamicImage> {
+    image::open(path).map_err(|e| Error::Format {
         path: path.display().to_string(),
         message: format!("cannot decode image: {e}"),
-    })?;
+    })
+}
+
+/// Brings an image to `width × height`: unchanged when it already has that
+/// size (a Fashion-MNIST PNG fed to a 28×28 model is used as it is); for a
+/// square target, the shorter side resized to `size * 256 / 224` and a centred
+/// crop (torchvision's `Resize(256)` + `CenterCrop(224)`); otherwise resized
+/// to exactly `width × height`.
+pub fn fit_image(img: image::DynamicImage, width: usize, height: usize) -> image::DynamicImage {
+    use image::imageops::FilterType;
+    let (tw, th) = (width as u32, height as u32);
+    if img.width() == tw && img.height() == th {
+        return img;
+    }
+    if tw != th {
+        return img.resize_exact(tw, th, FilterType::Triangle);
+    }
     let (w, h) = (img.width() as f64, img.height() as f64);
-    let short = (size as f64 * 256.0 / 224.0).round();
+    let short = (width as f64 * 256.0 / 224.0).round();
     let scale = short / w.min(h);
-    let (nw, nh) = ((w * scale).round() as u32, (h * scale).round() as u32);
-    let img = img.resize_exact(nw, nh, image::imageops::FilterType::Triangle);
-    let (left, top) = ((nw - size as u32) / 2, (nh - size as u32) / 2);
-    let img = img.crop_imm(left, top, size as u32, size as u32);
-    from_image(&img, channels, preset)
+    let (nw, nh) = (
+        ((w * scale).round() as u32).max(tw),
+        ((h * scale).round() as u32).max(th),
+    );
+    let img = img.resize_exact(nw, nh, FilterType::Triangle);
+    let (left, top) = ((nw - tw) / 2, (nh - th) / 2);
+    img.crop_imm(left, top, tw, th)
+}
+
+/// Turns image files into model inputs: decoded, fitted to the model's input
+/// size with [`fit_image`], normalised with a [`Preset`]. It is `Sync`, so
+/// dataset extraction decodes with it on several threads at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageLoader {
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+    /// Target height.
+    pub height: usize,
+    /// Target width.
+    pub width: usize,
+    /// Normalisation.
+    pub preset: Preset,
+}
+
+impl ImageLoader {
+    /// A loader for a model's first input, which must be an image `(C, H, W)`.
+    pub fn for_model(model: &layerlens_core::Model, preset: Preset) -> Result<Self> {
+        let g = model.graph();
+        let input = g.node(g.inputs()[0]);
+        let (channels, height, width) = input.shape.chw().ok_or_else(|| {
+            Error::invalid(
+                &input.name,
+                format!(
+                    "the model's input {} is not an image (C, H, W)",
+                    input.shape
+                ),
+            )
+        })?;
+        Ok(ImageLoader {
+            channels,
+            height,
+            width,
+            preset,
+        })
+    }
+
+    /// Loads one image as a `(1, C, H, W)` tensor.
+    pub fn load(&self, path: &Path) -> Result<Tensor> {
+        let img = fit_image(decode_image(path)?, self.width, self.height);
+        from_image(&img, self.channels, self.preset)
+    }
 }
 
 /// An image, as it is, to a `(1, C, H, W)` tensor with `preset` applied.

@@ -1,0 +1,985 @@
+//! Extraction over whole datasets: images stream from disk through the model
+//! into output shards, with bounded memory, resumable after a crash, and
+//! splittable over machines.
+//!
+//! The output is a directory:
+//!
+//! ```text
+//! OUT/run.json                  what the run is (model, layers, format, shard size, inputs)
+//! OUT/shard-00000.safetensors   activations of rows 0.. of shard 0, one tensor per layer
+//! OUT/shard-00000.json          the shard's rows (input paths) and skipped inputs
+//! ...
+//! OUT/manifest.jsonl            one line per input: path, shard file and row, or why skipped
+//! ```
+//!
+//! Inputs are listed (directories recursively, sorted by path) and cut into
+//! shards of [`DatasetOptions::rows_per_shard`] inputs. Each shard is computed
+//! in memory, written to a temporary file, synced, and renamed into place, and
+//! its `.json` index is renamed after it: a shard whose index exists is
+//! complete. `manifest.jsonl` is written last; a directory without it is an
+//! unfinished run, which [`DatasetOptions::resume`] continues, skipping the
+//! complete shards. Shard `s` belongs to part `s % N` of a [`ShardSpec`] `K/N`,
+//! so `N` jobs given the same inputs write disjoint shard files whose union is
+//! the whole run.
+//!
+//! Decoding runs on its own threads, a few batches ahead of the model (a
+//! bounded channel), so memory is bounded by the shard size and the prefetch
+//! depth, whatever the number of inputs.
+
+use crate::preprocess::ImageLoader;
+use layerlens_core::candle_core::{DType, Device, Tensor};
+use layerlens_core::{Error, Model, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The file format of written activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One `.safetensors` file per shard, a float32 tensor per layer named by
+    /// node name, batch first.
+    Safetensors,
+    /// NumPy: one `.npz` archive per shard holding `<layer>.npy` per layer
+    /// (`np.load(f)["conv2d"]`); a single-file output may also be one `.npy`
+    /// when one layer is extracted.
+    Npy,
+    /// Parquet: one `.parquet` file per shard, a row per input with its `path`
+    /// and, per layer, a `list<float>` column of the flattened activation; the
+    /// per-sample shapes are in the file's key-value metadata `layerlens`.
+    Parquet,
+}
+
+impl OutputFormat {
+    /// Parses `safetensors`, `npy` (or `npz`) or `parquet`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "safetensors" => OutputFormat::Safetensors,
+            "npy" | "npz" => OutputFormat::Npy,
+            "parquet" => OutputFormat::Parquet,
+            other => {
+                return Err(Error::invalid(
+                    "format",
+                    format!("unknown format '{other}' (safetensors, npy, parquet)"),
+                ))
+            }
+        })
+    }
+
+    /// The format a file name's extension asks for, if any.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "safetensors" => Some(OutputFormat::Safetensors),
+            "npy" | "npz" => Some(OutputFormat::Npy),
+            "parquet" => Some(OutputFormat::Parquet),
+            _ => None,
+        }
+    }
+
+    /// The extension of a shard file in this format.
+    pub fn shard_extension(self) -> &'static str {
+        match self {
+            OutputFormat::Safetensors => "safetensors",
+            OutputFormat::Npy => "npz",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// Which part of a dataset a job processes: `K/N` on the command line, the
+/// K-th (from 1) of N disjoint parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSpec {
+    /// The part, from 0.
+    pub index: usize,
+    /// How many parts.
+    pub count: usize,
+}
+
+impl ShardSpec {
+    /// The whole dataset: part 1 of 1.
+    pub const ALL: ShardSpec = ShardSpec { index: 0, count: 1 };
+
+    /// Parses `K/N` with `1 <= K <= N` (GNU `split -n K/N`'s convention).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(
+                "shard",
+                format!("'{s}' is not K/N with 1 <= K <= N (e.g. 2/8 for the second of 8 parts)"),
+            )
+        };
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (k, n): (usize, usize) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || k == 0 || k > n {
+            return Err(bad());
+        }
+        Ok(ShardSpec {
+            index: k - 1,
+            count: n,
+        })
+    }
+
+    /// Whether shard number `shard` belongs to this part.
+    pub fn owns(&self, shard: usize) -> bool {
+        shard % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for ShardSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index + 1, self.count)
+    }
+}
+
+/// One input image: where it is and the name recorded for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageItem {
+    /// The file.
+    pub path: PathBuf,
+    /// Its path relative to the input directory it was found under (with `/`
+    /// separators), or the file as given for a file input; the manifest's `path`.
+    pub name: String,
+}
+
+/// Whether a file name has an image extension layerlens decodes.
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+/// Lists the images under `inputs`: files as given, directories recursively
+/// (following symbolic links), each directory's images sorted by relative path,
+/// in the order the inputs are given. With more than one input, names are
+/// prefixed by the input as given, so they stay unique.
+pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
+    let mut items = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input).map_err(|e| io_error(input, e))?;
+        if !meta.is_dir() {
+            if !is_image_file(input) {
+                return Err(Error::invalid(
+                    "input",
+                    format!(
+                        "{}: not an image (.png, .jpg) or a directory",
+                        input.display()
+                    ),
+                ));
+            }
+            items.push(ImageItem {
+                path: input.clone(),
+                name: input.to_string_lossy().replace('\\', "/"),
+            });
+            continue;
+        }
+        let mut found = Vec::new();
+        for entry in walkdir::WalkDir::new(input).follow_links(true) {
+            let entry = entry.map_err(|e| {
+                let path = e.path().unwrap_or(input).to_path_buf();
+                match e.into_io_error() {
+                    Some(io) => io_error(&path, io),
+                    None => Error::invalid("input", format!("{}: directory loop", path.display())),
+                }
+            })?;
+            if entry.file_type().is_file() && is_image_file(entry.path()) {
+                let rel = entry
+                    .path()
+                    .strip_prefix(input)
+                    .unwrap_or(entry.path())
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                let name = if inputs.len() > 1 {
+                    format!("{}/{rel}", input.to_string_lossy().trim_end_matches('/'))
+                } else {
+                    rel
+                };
+                found.push(ImageItem {
+                    path: entry.into_path(),
+                    name,
+                });
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        items.extend(found);
+    }
+    Ok(items)
+}
+
+/// How a dataset extraction runs.
+#[derive(Debug, Clone)]
+pub struct DatasetOptions {
+    /// The output directory.
+    pub out: PathBuf,
+    /// Shard file format.
+    pub format: OutputFormat,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Inputs per shard; `None` picks up to 1024, fewer when a row is so large
+    /// that a shard would pass 256 MiB.
+    pub rows_per_shard: Option<usize>,
+    /// The part of the dataset this job does.
+    pub shard: ShardSpec,
+    /// Continue an unfinished run in `out` (it must have been started with the
+    /// same settings and inputs); complete shards are kept as they are.
+    pub resume: bool,
+    /// Stop at the first unreadable image instead of skipping it.
+    pub strict: bool,
+    /// Decoding threads (0: half the available cores, at least 1).
+    pub decode_threads: usize,
+    /// Show a progress bar (images/s, ETA) and warnings on stderr.
+    pub progress: bool,
+    /// Settings recorded in `run.json` and checked on resume (the model, the
+    /// layers, the preprocessing: whatever determines the activations).
+    pub settings: BTreeMap<String, String>,
+}
+
+impl DatasetOptions {
+    /// Defaults: safetensors, batch 64, automatic shard size, the whole
+    /// dataset, no resume, skip unreadable images, no progress bar.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        DatasetOptions {
+            out: out.into(),
+            format: OutputFormat::Safetensors,
+            batch: 64,
+            rows_per_shard: None,
+            shard: ShardSpec::ALL,
+            resume: false,
+            strict: false,
+            decode_threads: 0,
+            progress: false,
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// An input that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The input's name (as in the manifest).
+    pub path: String,
+    /// Why.
+    pub error: String,
+}
+
+/// What a dataset extraction did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetReport {
+    /// Inputs in this part of the dataset.
+    pub inputs: usize,
+    /// Rows written by this job (not counting shards kept from an earlier run).
+    pub rows_written: usize,
+    /// Shards computed by this job.
+    pub shards_written: usize,
+    /// Complete shards found from an earlier run and kept.
+    pub shards_kept: usize,
+    /// Inputs per shard.
+    pub rows_per_shard: usize,
+    /// Unreadable inputs of this part (also those of kept shards), in input order.
+    pub skipped: Vec<Skipped>,
+    /// The manifest written.
+    pub manifest: PathBuf,
+}
+
+/// `run.json`: everything that must agree for a resumed run to continue the
+/// same output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunRecord {
+    layerlens_extract: u32,
+    settings: BTreeMap<String, String>,
+    layers: Vec<(String, Vec<usize>)>,
+    format: OutputFormat,
+    batch: usize,
+    rows_per_shard: usize,
+    part: String,
+    inputs: usize,
+    inputs_crc32: String,
+}
+
+/// `shard-NNNNN.json`: the shard's inputs in order, each with its row in the
+/// shard file or why it was skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ShardIndex {
+    rows: usize,
+    inputs: Vec<IndexEntry>,
+}
+
+/// One input of a shard; with the shard file's name, a manifest line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct IndexEntry {
+    path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    row: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
+}
+
+const DEFAULT_ROWS_PER_SHARD: usize = 1024;
+const MAX_SHARD_BYTES: usize = 256 << 20;
+/// Decoded batches waiting for the model; bounds the decoder's lead.
+const PREFETCH_BATCHES: usize = 2;
+
+/// Runs `model` over `items` (see [`list_images`]) and writes the outputs,
+/// named `names` (one per model output), as shards under `options.out`.
+/// `loader` turns a file into a `(1, C, H, W)` input.
+///
+/// ```no_run
+/// use layerlens::extract::{extract_dataset, list_images, DatasetOptions};
+/// use layerlens::preprocess::{ImageLoader, Preset};
+///
+/// let model = layerlens::zoo::seed_cnn(true)?.submodel(&["conv2d_1"])?;
+/// let items = list_images(&["photos/".into()])?;
+/// let loader = ImageLoader::for_model(&model, Preset::UnitRange)?;
+/// let report = extract_dataset(&model, &["conv2d_1".into()], &items, &loader, &DatasetOptions::new("feats"))?;
+/// println!("{} rows, {} skipped", report.rows_written, report.skipped.len());
+/// # Ok::<(), layerlens::Error>(())
+/// ```
+pub fn extract_dataset(
+    model: &Model,
+    names: &[String],
+    items: &[ImageItem],
+    loader: &ImageLoader,
+    options: &DatasetOptions,
+) -> Result<DatasetReport> {
+    let g = model.graph();
+    if names.len() != g.outputs().len() {
+        return Err(Error::invalid(
+            "extract",
+            format!(
+                "{} names for {} model outputs",
+                names.len(),
+                g.outputs().len()
+            ),
+        ));
+    }
+    if options.batch == 0 || options.rows_per_shard == Some(0) {
+        return Err(Error::invalid(
+            "extract",
+            "batch and rows per shard must be at least 1",
+        ));
+    }
+    let layers: Vec<(String, Vec<usize>)> = names
+        .iter()
+        .zip(g.outputs())
+        .map(|(n, &id)| (n.clone(), g.node(id).shape.dims().to_vec()))
+        .collect();
+    let row_bytes: usize = layers
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>() * 4)
+        .sum::<usize>()
+        .max(1);
+    let rows_per_shard = options
+        .rows_per_shard
+        .unwrap_or_else(|| DEFAULT_ROWS_PER_SHARD.min((MAX_SHARD_BYTES / row_bytes).max(1)));
+    let record = RunRecord {
+        layerlens_extract: 1,
+        settings: options.settings.clone(),
+        layers: layers.clone(),
+        format: options.format,
+        batch: options.batch,
+        rows_per_shard,
+        part: options.shard.to_string(),
+        inputs: items.len(),
+        inputs_crc32: listing_crc(items),
+    };
+    let out = &options.out;
+    prepare_out_dir(out, &record, options.resume)?;
+
+    let shard_count = items.len().div_ceil(rows_per_shard);
+    let mine: Vec<usize> = (0..shard_count)
+        .filter(|&s| options.shard.owns(s))
+        .collect();
+    let shard_items =
+        |s: usize| &items[s * rows_per_shard..((s + 1) * rows_per_shard).min(items.len())];
+    let pending: Vec<usize> = mine
+        .iter()
+        .copied()
+        .filter(|&s| !shard_complete(out, s, options.format))
+        .collect();
+    let pending_inputs: usize = pending.iter().map(|&s| shard_items(s).len()).sum();
+
+    let bar = progress_bar(options.progress, pending_inputs as u64);
+    let threads = if options.decode_threads == 0 {
+        (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1)
+    } else {
+        options.decode_threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("layerlens-decode-{i}"))
+        .build()
+        .map_err(|e| Error::invalid("extract", format!("cannot start decoding threads: {e}")))?;
+
+    let mut rows_written = 0;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<DecodedBatch>(PREFETCH_BATCHES);
+    std::thread::scope(|scope| -> Result<()> {
+        // The decoder: batches of decoded images, in order, a few ahead.
+        let decoder = {
+            let pending = &pending;
+            let pool = &pool;
+            scope.spawn(move || {
+                for &s in pending {
+                    let chunk = shard_items(s);
+                    let batches = chunk.len().div_ceil(options.batch);
+                    for b in 0..batches {
+                        let items =
+                            &chunk[b * options.batch..((b + 1) * options.batch).min(chunk.len())];
+                        let decoded: Vec<Result<Tensor>> = pool.install(|| {
+                            use rayon::prelude::*;
+                            items.par_iter().map(|it| loader.load(&it.path)).collect()
+                        });
+                        let msg = DecodedBatch {
+                            shard: s,
+                            first: b * options.batch,
+                            decoded,
+                            last: b + 1 == batches,
+                        };
+                        if tx.send(msg).is_err() {
+                            return; // the model side stopped (an error): stop too
+                        }
+                    }
+                }
+            })
+        };
+
+        let mut current: Option<ShardBuffer> = None;
+        // Owned here: an early return drops the receiver, which stops the decoder.
+        for msg in rx {
+            let chunk = shard_items(msg.shard);
+            let buf = current.get_or_insert_with(|| ShardBuffer::new(msg.shard, layers.len()));
+            let mut ok = Vec::new();
+            for (i, r) in msg.decoded.into_iter().enumerate() {
+                let item = &chunk[msg.first + i];
+                match r {
+                    Ok(t) => {
+                        buf.push_row(&item.name, options.format);
+                        ok.push(t);
+                    }
+                    Err(e) => {
+                        if options.strict {
+                            return Err(Error::invalid(
+                                "extract",
+                                format!("{e} (--strict stops at the first unreadable image)"),
+                            ));
+                        }
+                        let s = Skipped {
+                            path: item.name.clone(),
+                            error: e.to_string(),
+                        };
+                        bar.suspend(|| {
+                            if options.progress {
+                                eprintln!("warning: skipped {}: {}", s.path, s.error);
+                            }
+                        });
+                        buf.push_skipped(s);
+                    }
+                }
+            }
+            if !ok.is_empty() {
+                let x = Tensor::cat(&ok, 0)?;
+                let outs = model.forward(&[x])?;
+                for (parts, o) in buf.outputs.iter_mut().zip(outs) {
+                    parts.push(o);
+                }
+            }
+            bar.inc((chunk.len().min(msg.first + options.batch) - msg.first) as u64);
+            if msg.last {
+                let buf = current.take().expect("a shard in progress");
+                rows_written += buf.rows.len();
+                buf.write(out, options.format, &layers)?;
+            }
+        }
+        decoder
+            .join()
+            .map_err(|_| Error::invalid("extract", "the decoding thread panicked"))?;
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+
+    // Every shard of this part is complete: the manifest marks the run done.
+    let mut manifest = Vec::new();
+    let mut skipped = Vec::new();
+    for &s in &mine {
+        for entry in read_index(out, s)?.inputs {
+            serde_json::to_writer(&mut manifest, &entry)
+                .map_err(|e| Error::invalid("extract", e.to_string()))?;
+            manifest.push(b'\n');
+            if let Some(error) = entry.skipped {
+                skipped.push(Skipped {
+                    path: entry.path,
+                    error,
+                });
+            }
+        }
+    }
+    let manifest_path = out.join("manifest.jsonl");
+    write_file_atomic(&manifest_path, |f| f.write_all(&manifest))?;
+    Ok(DatasetReport {
+        inputs: mine.iter().map(|&s| shard_items(s).len()).sum(),
+        rows_written,
+        shards_written: pending.len(),
+        shards_kept: mine.len() - pending.len(),
+        rows_per_shard,
+        skipped,
+        manifest: manifest_path,
+    })
+}
+
+struct DecodedBatch {
+    shard: usize,
+    /// Position of the batch's first item in its shard.
+    first: usize,
+    decoded: Vec<Result<Tensor>>,
+    last: bool,
+}
+
+/// The activations of one shard, batch by batch, until it is written.
+struct ShardBuffer {
+    shard: usize,
+    rows: Vec<String>,
+    inputs: Vec<IndexEntry>,
+    outputs: Vec<Vec<Tensor>>,
+}
+
+impl ShardBuffer {
+    fn new(shard: usize, layers: usize) -> Self {
+        ShardBuffer {
+            shard,
+            rows: Vec::new(),
+            inputs: Vec::new(),
+            outputs: vec![Vec::new(); layers],
+        }
+    }
+
+    fn push_row(&mut self, path: &str, format: OutputFormat) {
+        self.inputs.push(IndexEntry {
+            path: path.to_string(),
+            shard: Some(shard_file_name(self.shard, format)),
+            row: Some(self.rows.len()),
+            skipped: None,
+        });
+        self.rows.push(path.to_string());
+    }
+
+    fn push_skipped(&mut self, s: Skipped) {
+        self.inputs.push(IndexEntry {
+            path: s.path,
+            shard: None,
+            row: None,
+            skipped: Some(s.error),
+        });
+    }
+
+    fn write(
+        self,
+        out: &Path,
+        format: OutputFormat,
+        layers: &[(String, Vec<usize>)],
+    ) -> Result<()> {
+        let mut tensors = Vec::with_capacity(layers.len());
+        for ((name, dims), parts) in layers.iter().zip(self.outputs) {
+            let t = if parts.is_empty() {
+                let mut shape = vec![0];
+                shape.extend(dims);
+                Tensor::zeros(shape, DType::F32, &Device::Cpu)?
+            } else {
+                Tensor::cat(&parts, 0)?
+            };
+            tensors.push((name.clone(), t));
+        }
+        // Nothing part-specific: a shard is the same file whichever job wrote it.
+        let meta = BTreeMap::from([("shard".to_string(), self.shard.to_string())]);
+        let data = out.join(shard_file_name(self.shard, format));
+        write_tensors(&data, format, &tensors, &self.rows, &meta)?;
+        let index = ShardIndex {
+            rows: self.rows.len(),
+            inputs: self.inputs,
+        };
+        let json = serde_json::to_vec_pretty(&index)
+            .map_err(|e| Error::invalid("extract", e.to_string()))?;
+        write_file_atomic(&out.join(index_file_name(self.shard)), |f| {
+            f.write_all(&json)
+        })
+    }
+}
+
+fn shard_file_name(shard: usize, format: OutputFormat) -> String {
+    format!("shard-{shard:05}.{}", format.shard_extension())
+}
+
+fn index_file_name(shard: usize) -> String {
+    format!("shard-{shard:05}.json")
+}
+
+fn shard_complete(out: &Path, shard: usize, format: OutputFormat) -> bool {
+    out.join(index_file_name(shard)).is_file() && out.join(shard_file_name(shard, format)).is_file()
+}
+
+fn read_index(out: &Path, shard: usize) -> Result<ShardIndex> {
+    let path = out.join(index_file_name(shard));
+    let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Format {
+        path: path.display().to_string(),
+        message: format!("not a shard index: {e}"),
+    })
+}
+
+/// A checksum of the input listing, so that a resumed run notices changed inputs.
+fn listing_crc(items: &[ImageItem]) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for it in items {
+        h.update(it.name.as_bytes());
+        h.update(b"\n");
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// Creates `out` for a new run, or checks that it holds the same run when
+/// resuming; removes temporary files a killed run left behind.
+fn prepare_out_dir(out: &Path, record: &RunRecord, resume: bool) -> Result<()> {
+    let run_path = out.join("run.json");
+    let json =
+        serde_json::to_vec_pretty(record).map_err(|e| Error::invalid("extract", e.to_string()))?;
+    let exists_non_empty = std::fs::read_dir(out)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if exists_non_empty {
+        if !resume {
+            return Err(Error::invalid(
+                "extract",
+                format!(
+                    "{} exists and is not empty: pass --resume to continue the run in it, or choose another output",
+                    out.display()
+                ),
+            ));
+        }
+        let Ok(before) = std::fs::read(&run_path) else {
+            return Err(Error::invalid(
+                "extract",
+                format!(
+                    "{} has no run.json: it is not a layerlens extraction to resume",
+                    out.display()
+                ),
+            ));
+        };
+        let before: RunRecord = serde_json::from_slice(&before).map_err(|e| Error::Format {
+            path: run_path.display().to_string(),
+            message: format!("not a layerlens run record: {e}"),
+        })?;
+        if &before != record {
+            return Err(Error::invalid(
+                "extract",
+                format!(
+                    "cannot resume {}: {}",
+                    out.display(),
+                    describe_difference(&before, record)
+                ),
+            ));
+        }
+        for entry in std::fs::read_dir(out).map_err(|e| io_error(out, e))? {
+            let path = entry.map_err(|e| io_error(out, e))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            }
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+    write_file_atomic(&run_path, |f| f.write_all(&json))
+}
+
+fn describe_difference(before: &RunRecord, now: &RunRecord) -> String {
+    if before.inputs != now.inputs || before.inputs_crc32 != now.inputs_crc32 {
+        return format!(
+            "the inputs changed since it started ({} images then, {} now)",
+            before.inputs, now.inputs
+        );
+    }
+    let mut diffs = Vec::new();
+    if before.settings != now.settings {
+        for (k, v) in &now.settings {
+            let was = before.settings.get(k).map_or("(none)", String::as_str);
+            if was != v {
+                diffs.push(format!("{k} was '{was}', now '{v}'"));
+            }
+        }
+    }
+    if before.layers != now.layers {
+        diffs.push("the extracted layers differ".into());
+    }
+    if before.format != now.format {
+        diffs.push(format!(
+            "format was {:?}, now {:?}",
+            before.format, now.format
+        ));
+    }
+    if before.batch != now.batch {
+        diffs.push(format!("batch was {}, now {}", before.batch, now.batch));
+    }
+    if before.rows_per_shard != now.rows_per_shard {
+        diffs.push(format!(
+            "rows per shard was {}, now {}",
+            before.rows_per_shard, now.rows_per_shard
+        ));
+    }
+    if before.part != now.part {
+        diffs.push(format!("shard was {}, now {}", before.part, now.part));
+    }
+    if diffs.is_empty() {
+        "its run.json differs".into()
+    } else {
+        format!("it was started with other settings: {}", diffs.join("; "))
+    }
+}
+
+fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:32} {pos}/{len} images  {per_sec}  ETA {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes a file through `PATH.tmp`: filled by `fill`, synced, renamed into
+/// place. A reader never sees a partial file under `path`; on error the
+/// temporary file is removed.
+pub fn write_file_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let r = (|| {
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(file);
+        fill(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    r.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_error(path, e)
+    })
+}
+
+/// Writes named tensors (batch first, one row per entry of `rows`) to `path`
+/// in `format`, atomically. `meta` goes into the file's metadata where the
+/// format has some (safetensors, parquet). The bytes depend only on the
+/// arguments, so reruns produce identical files.
+pub fn write_tensors(
+    path: &Path,
+    format: OutputFormat,
+    tensors: &[(String, Tensor)],
+    rows: &[String],
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    match format {
+        OutputFormat::Safetensors => {
+            // One metadata entry holding sorted JSON: safetensors serialises its
+            // metadata map in hash order, which would differ from run to run.
+            let json = serde_json::to_string(meta)
+                .map_err(|e| Error::invalid("extract", e.to_string()))?;
+            let info = std::collections::HashMap::from([("layerlens".to_string(), json)]);
+            let bytes =
+                safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(info))
+                    .map_err(|e| Error::invalid("extract", format!("{}: {e}", path.display())))?;
+            write_file_atomic(path, |f| f.write_all(&bytes))
+        }
+        OutputFormat::Npy => {
+            let single = path.extension().is_some_and(|e| e == "npy");
+            if single {
+                let [(_, t)] = tensors.as_slice() else {
+                    return Err(Error::invalid(
+                        "extract",
+                        format!(
+                            "{}: a .npy file holds one array but {} layers are extracted; use .npz or .safetensors",
+                            path.display(),
+                            tensors.len()
+                        ),
+                    ));
+                };
+                let bytes = npy_bytes(t)?;
+                return write_file_atomic(path, |f| f.write_all(&bytes));
+            }
+            write_file_atomic(path, |f| write_npz(f, &tensors))
+        }
+        OutputFormat::Parquet => {
+            let bytes = parquet_bytes(&tensors, rows, meta)?;
+            write_file_atomic(path, |f| f.write_all(&bytes))
+        }
+    }
+}
+
+fn f32_data(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// One array in NumPy's `.npy` format (version 1.0, little-endian float32, C order).
+fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let dims = t.dims();
+    let shape = match dims {
+        [d] => format!("({d},)"),
+        _ => format!(
+            "({})",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header, padded to 64 bytes, ending in '\n'.
+    let total = (10 + header.len() + 1).div_ceil(64) * 64;
+    header.push_str(&" ".repeat(total - 10 - header.len() - 1));
+    header.push('\n');
+    let data = f32_data(t)?;
+    let mut out = Vec::with_capacity(total + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// NumPy's `.npz`: a zip of `.npy` files, stored (not compressed), with a
+/// fixed timestamp so reruns are byte-identical.
+fn write_npz<W: Write + std::io::Seek>(
+    w: &mut W,
+    tensors: &[(String, Tensor)],
+) -> std::io::Result<()> {
+    let mut zip = zip::ZipWriter::new(w);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .last_modified_time(zip::DateTime::default())
+        .large_file(true);
+    for (name, t) in tensors {
+        zip.start_file(format!("{name}.npy"), options)
+            .map_err(std::io::Error::other)?;
+        let bytes = npy_bytes(t).map_err(std::io::Error::other)?;
+        zip.write_all(&bytes)?;
+    }
+    zip.finish().map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// A parquet file: a `path` column and a `list<float>` column per tensor.
+fn parquet_bytes(
+    tensors: &[(String, Tensor)],
+    rows: &[String],
+    meta: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    use parquet::basic::{LogicalType, Repetition, Type as Physical};
+    use parquet::data_type::{ByteArray, ByteArrayType, FloatType};
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::types::Type;
+    use std::sync::Arc;
+
+    let err = |e: parquet::errors::ParquetError| Error::invalid("extract", format!("parquet: {e}"));
+    let mut fields = vec![Arc::new(
+        Type::primitive_type_builder("path", Physical::BYTE_ARRAY)
+            .with_repetition(Repetition::REQUIRED)
+            .with_logical_type(Some(LogicalType::String))
+            .build()
+            .map_err(err)?,
+    )];
+    let mut shapes = BTreeMap::new();
+    for (name, t) in tensors {
+        if t.dim(0)? != rows.len() {
+            return Err(Error::invalid(
+                "extract",
+                format!("{name}: {} rows for {} inputs", t.dim(0)?, rows.len()),
+            ));
+        }
+        shapes.insert(name.clone(), t.dims()[1..].to_vec());
+        let element = Type::primitive_type_builder("element", Physical::FLOAT)
+            .with_repetition(Repetition::REQUIRED)
+            .build()
+            .map_err(err)?;
+        let list = Type::group_type_builder("list")
+            .with_repetition(Repetition::REPEATED)
+            .with_fields(vec![Arc::new(element)])
+            .build()
+            .map_err(err)?;
+        fields.push(Arc::new(
+            Type::group_type_builder(name)
+                .with_repetition(Repetition::REQUIRED)
+                .with_logical_type(Some(LogicalType::List))
+                .with_fields(vec![Arc::new(list)])
+                .build()
+                .map_err(err)?,
+        ));
+    }
+    let schema = Arc::new(
+        Type::group_type_builder("layerlens")
+            .with_fields(fields)
+            .build()
+            .map_err(err)?,
+    );
+    let mut all_meta = meta.clone();
+    all_meta.insert(
+        "shapes".into(),
+        serde_json::to_string(&shapes).map_err(|e| Error::invalid("extract", e.to_string()))?,
+    );
+    let kv =
+        serde_json::to_string(&all_meta).map_err(|e| Error::invalid("extract", e.to_string()))?;
+    let props = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_key_value_metadata(Some(vec![KeyValue::new("layerlens".into(), kv)]))
+        .build();
+    let mut buf = Vec::new();
+    let mut writer = SerializedFileWriter::new(&mut buf, schema, Arc::new(props)).map_err(err)?;
+    let mut group = writer.next_row_group().map_err(err)?;
+    let mut column = 0;
+    while let Some(mut col) = group.next_column().map_err(err)? {
+        if column == 0 {
+            let values: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.as_str())).collect();
+            col.typed::<ByteArrayType>()
+                .write_batch(&values, None, None)
+                .map_err(err)?;
+        } else {
+            let t = &tensors[column - 1].1;
+            let values = f32_data(t)?;
+            let per_row = t.dims()[1..].iter().product::<usize>();
+            let def = vec![1i16; values.len()];
+            let rep: Vec<i16> = (0..values.len())
+                .map(|i| if i % per_row == 0 { 0 } else { 1 })
+                .collect();
+            col.typed::<FloatType>()
+                .write_batch(&values, Some(&def), Some(&rep))
+                .map_err(err)?;
+        }
+        col.close().map_err(err)?;
+        column += 1;
+    }
+    group.close().map_err(err)?;
+    writer.close().map_err(err)?;
+    Ok(buf)
+}

@@ -354,8 +354,11 @@ fn parts_split_the_dataset_and_formats_agree() {
     std::fs::remove_dir_all(root).unwrap();
 }
 
-/// Rows of a layerlens parquet shard: (path, [(layer, values)]).
-fn read_parquet(path: &Path) -> Vec<(String, Vec<(String, Vec<f32>)>)> {
+/// One parquet row: the input's path and each layer's flattened values.
+type ParquetRow = (String, Vec<(String, Vec<f32>)>);
+
+/// Rows of a layerlens parquet shard.
+fn read_parquet(path: &Path) -> Vec<ParquetRow> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::{Field, ListAccessor};
     let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();

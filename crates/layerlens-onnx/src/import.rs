@@ -608,7 +608,7 @@ impl Importer<'_> {
                     // ceil_mode only matters when a partial window remains.
                     let p = pad.resolve(hw, k, s, [1, 1]);
                     let rem = |i: usize, pa: usize, pb: usize, kk: usize, ss: usize| {
-                        (i + pa + pb - kk) % ss != 0
+                        !(i + pa + pb - kk).is_multiple_of(ss)
                     };
                     if rem(hw.0, p[0], p[1], k[0], s[0]) || rem(hw.1, p[2], p[3], k[1], s[1]) {
                         return Err(self.err(

@@ -62,7 +62,10 @@ impl ConvGeometry {
 
     /// Checks the sizes; the error says which one is off.
     pub fn validate(&self) -> Result<(usize, usize), String> {
-        if self.groups == 0 || self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
+        if self.groups == 0
+            || !self.c_in.is_multiple_of(self.groups)
+            || !self.c_out.is_multiple_of(self.groups)
+        {
             return Err(format!(
                 "groups={} must divide the input channels ({}) and the output channels ({})",
                 self.groups, self.c_in, self.c_out

@@ -169,7 +169,7 @@ impl LayerOp for Conv2d {
                 ),
             ));
         }
-        if c % self.groups != 0 || self.filters % self.groups != 0 {
+        if !c.is_multiple_of(self.groups) || !self.filters.is_multiple_of(self.groups) {
             return Err(Error::shape(
                 node,
                 format!(

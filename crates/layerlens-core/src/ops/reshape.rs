@@ -66,7 +66,7 @@ impl Reshape {
         }
         let mut out: Vec<usize> = target.iter().map(|&d| d.max(0) as usize).collect();
         match infer_at {
-            Some(i) if known > 0 && n % known == 0 => out[i] = n / known,
+            Some(i) if known > 0 && n.is_multiple_of(known) => out[i] = n / known,
             None if known == n => {}
             _ => {
                 return Err(Error::shape(

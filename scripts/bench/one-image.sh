@@ -31,7 +31,8 @@ timeit() { # command... -> median wall ms
 ll=$(timeit target/release/layerlens extract "zoo:resnet18=$DIR/resnet18.safetensors" \
   --input "$IMG" --layers layer2 --preprocess imagenet --out "$WORK/ll.safetensors")
 pt=$(timeit "$PY" scripts/bench/one_image_torch.py "$DIR/resnet18.safetensors" "$IMG" "$WORK/pt.safetensors")
-# Same activation from both (the PyTorch file is the reference).
+# Same activation from both (the PyTorch file is the reference); they differ by the
+# resamplers' last bit (PIL fixed point vs f32: at most one 8-bit level per pixel).
 "$PY" - "$WORK/ll.safetensors" "$WORK/pt.safetensors" <<'PY'
 import sys
 from safetensors.numpy import load_file

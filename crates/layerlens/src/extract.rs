@@ -27,7 +27,7 @@
 //! depth, whatever the number of inputs.
 
 use crate::preprocess::ImageLoader;
-use layerlens_core::candle_core::{DType, Device, Tensor};
+use layerlens_core::candle_core::{DType, Tensor};
 use layerlens_core::{Error, Model, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -451,7 +451,8 @@ pub fn extract_dataset(
         // Owned here: an early return drops the receiver, which stops the decoder.
         for msg in rx {
             let chunk = shard_items(msg.shard);
-            let buf = current.get_or_insert_with(|| ShardBuffer::new(msg.shard, layers.len()));
+            let buf =
+                current.get_or_insert_with(|| ShardBuffer::new(msg.shard, &layers, chunk.len()));
             let mut ok = Vec::new();
             for (i, r) in msg.decoded.into_iter().enumerate() {
                 let item = &chunk[msg.first + i];
@@ -482,10 +483,7 @@ pub fn extract_dataset(
             }
             if !ok.is_empty() {
                 let x = Tensor::cat(&ok, 0)?;
-                let outs = model.forward(&[x])?;
-                for (parts, o) in buf.outputs.iter_mut().zip(outs) {
-                    parts.push(o);
-                }
+                buf.push_outputs(model.forward(&[x])?)?;
             }
             bar.inc((chunk.len().min(msg.first + options.batch) - msg.first) as u64);
             if msg.last {
@@ -543,17 +541,30 @@ struct ShardBuffer {
     shard: usize,
     rows: Vec<String>,
     inputs: Vec<IndexEntry>,
-    outputs: Vec<Vec<Tensor>>,
+    /// Per layer, the rows so far as little-endian float32 bytes: the file's
+    /// bytes, so writing copies nothing, and reserved once, so they never move.
+    outputs: Vec<Vec<u8>>,
 }
 
 impl ShardBuffer {
-    fn new(shard: usize, layers: usize) -> Self {
+    fn new(shard: usize, layers: &[(String, Vec<usize>)], capacity_rows: usize) -> Self {
         ShardBuffer {
             shard,
             rows: Vec::new(),
             inputs: Vec::new(),
-            outputs: vec![Vec::new(); layers],
+            outputs: layers
+                .iter()
+                .map(|(_, d)| Vec::with_capacity(capacity_rows * d.iter().product::<usize>() * 4))
+                .collect(),
         }
+    }
+
+    fn push_outputs(&mut self, outs: Vec<Tensor>) -> Result<()> {
+        for (buf, o) in self.outputs.iter_mut().zip(outs) {
+            let values = o.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            buf.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        Ok(())
     }
 
     fn push_row(&mut self, path: &str, format: OutputFormat) {
@@ -581,21 +592,20 @@ impl ShardBuffer {
         format: OutputFormat,
         layers: &[(String, Vec<usize>)],
     ) -> Result<()> {
-        let mut tensors = Vec::with_capacity(layers.len());
-        for ((name, dims), parts) in layers.iter().zip(self.outputs) {
-            let t = if parts.is_empty() {
-                let mut shape = vec![0];
-                shape.extend(dims);
-                Tensor::zeros(shape, DType::F32, &Device::Cpu)?
-            } else {
-                Tensor::cat(&parts, 0)?
-            };
-            tensors.push((name.clone(), t));
-        }
+        let n = self.rows.len();
+        let data: Vec<LayerBytes> = layers
+            .iter()
+            .zip(&self.outputs)
+            .map(|((name, dims), bytes)| LayerBytes {
+                name,
+                shape: std::iter::once(n).chain(dims.iter().copied()).collect(),
+                bytes,
+            })
+            .collect();
         // Nothing part-specific: a shard is the same file whichever job wrote it.
         let meta = BTreeMap::from([("shard".to_string(), self.shard.to_string())]);
-        let data = out.join(shard_file_name(self.shard, format));
-        write_tensors(&data, format, &tensors, &self.rows, &meta)?;
+        let path = out.join(shard_file_name(self.shard, format));
+        write_layers(&path, format, &data, &self.rows, &meta)?;
         let index = ShardIndex {
             rows: self.rows.len(),
             inputs: self.inputs,
@@ -764,16 +774,12 @@ pub fn write_file_atomic(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = tmp_path(path);
     let r = (|| {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::new(file);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        w.into_inner().map_err(|e| e.into_error())?;
+        commit_tmp(&tmp, path)
     })();
     r.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -781,10 +787,23 @@ pub fn write_file_atomic(
     })
 }
 
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
+/// Syncs a finished temporary file and renames it over `path`.
+fn commit_tmp(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
 /// Writes named tensors (batch first, one row per entry of `rows`) to `path`
 /// in `format`, atomically. `meta` goes into the file's metadata where the
-/// format has some (safetensors, parquet). The bytes depend only on the
-/// arguments, so reruns produce identical files.
+/// format has some (safetensors: one entry `layerlens` holding `meta` as JSON;
+/// parquet: the same, plus the per-sample shapes). The bytes depend only on
+/// the arguments, so reruns produce identical files.
 pub fn write_tensors(
     path: &Path,
     format: OutputFormat,
@@ -792,107 +811,142 @@ pub fn write_tensors(
     rows: &[String],
     meta: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let tensors: Vec<(String, Tensor)> = tensors
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        owned.push((name.as_str(), t.dims().to_vec(), bytes));
+    }
+    let layers: Vec<LayerBytes> = owned
         .iter()
-        .map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?.contiguous()?)))
-        .collect::<Result<_>>()?;
+        .map(|(name, shape, bytes)| LayerBytes {
+            name,
+            shape: shape.clone(),
+            bytes,
+        })
+        .collect();
+    write_layers(path, format, &layers, rows, meta)
+}
+
+/// One layer's activations: float32, little-endian, C order, batch first.
+struct LayerBytes<'a> {
+    name: &'a str,
+    shape: Vec<usize>,
+    bytes: &'a [u8],
+}
+
+impl safetensors::View for &LayerBytes<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn write_layers(
+    path: &Path,
+    format: OutputFormat,
+    layers: &[LayerBytes],
+    rows: &[String],
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    let json_err = |e: serde_json::Error| Error::invalid("extract", e.to_string());
     match format {
         OutputFormat::Safetensors => {
             // One metadata entry holding sorted JSON: safetensors serialises its
             // metadata map in hash order, which would differ from run to run.
-            let json = serde_json::to_string(meta)
-                .map_err(|e| Error::invalid("extract", e.to_string()))?;
-            let info = std::collections::HashMap::from([("layerlens".to_string(), json)]);
-            let bytes =
-                safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(info))
-                    .map_err(|e| Error::invalid("extract", format!("{}: {e}", path.display())))?;
-            write_file_atomic(path, |f| f.write_all(&bytes))
-        }
-        OutputFormat::Npy => {
-            let single = path.extension().is_some_and(|e| e == "npy");
-            if single {
-                let [(_, t)] = tensors.as_slice() else {
-                    return Err(Error::invalid(
-                        "extract",
-                        format!(
-                            "{}: a .npy file holds one array but {} layers are extracted; use .npz or .safetensors",
-                            path.display(),
-                            tensors.len()
-                        ),
-                    ));
-                };
-                let bytes = npy_bytes(t)?;
-                return write_file_atomic(path, |f| f.write_all(&bytes));
+            let info = std::collections::HashMap::from([(
+                "layerlens".to_string(),
+                serde_json::to_string(meta).map_err(json_err)?,
+            )]);
+            let tmp = tmp_path(path);
+            let r = safetensors::serialize_to_file(
+                layers.iter().map(|l| (l.name, l)),
+                Some(info),
+                &tmp,
+            )
+            .map_err(|e| Error::invalid("extract", format!("{}: {e}", path.display())))
+            .and_then(|()| commit_tmp(&tmp, path).map_err(|e| io_error(path, e)));
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
             }
-            write_file_atomic(path, |f| write_npz(f, &tensors))
+            r
         }
-        OutputFormat::Parquet => {
-            let bytes = parquet_bytes(&tensors, rows, meta)?;
-            write_file_atomic(path, |f| f.write_all(&bytes))
+        OutputFormat::Npy if path.extension().is_some_and(|e| e == "npy") => {
+            let [layer] = layers else {
+                return Err(Error::invalid(
+                    "extract",
+                    format!(
+                        "{}: a .npy file holds one array but {} layers are extracted; use .npz or .safetensors",
+                        path.display(),
+                        layers.len()
+                    ),
+                ));
+            };
+            write_file_atomic(path, |f| write_npy(f, &layer.shape, layer.bytes))
         }
+        OutputFormat::Npy => write_file_atomic(path, |f| write_npz(f, layers)),
+        OutputFormat::Parquet => write_file_atomic(path, |f| {
+            write_parquet(f, layers, rows, meta).map_err(std::io::Error::other)
+        }),
     }
 }
 
-fn f32_data(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
-}
-
 /// One array in NumPy's `.npy` format (version 1.0, little-endian float32, C order).
-fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    let dims = t.dims();
-    let shape = match dims {
+fn write_npy<W: Write>(w: &mut W, shape: &[usize], bytes: &[u8]) -> std::io::Result<()> {
+    let dims = match shape {
         [d] => format!("({d},)"),
         _ => format!(
             "({})",
-            dims.iter()
+            shape
+                .iter()
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
     // Magic (6) + version (2) + length (2) + header, padded to 64 bytes, ending in '\n'.
     let total = (10 + header.len() + 1).div_ceil(64) * 64;
     header.push_str(&" ".repeat(total - 10 - header.len() - 1));
     header.push('\n');
-    let data = f32_data(t)?;
-    let mut out = Vec::with_capacity(total + data.len() * 4);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    Ok(out)
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    w.write_all(bytes)
 }
 
 /// NumPy's `.npz`: a zip of `.npy` files, stored (not compressed), with a
 /// fixed timestamp so reruns are byte-identical.
-fn write_npz<W: Write + std::io::Seek>(
-    w: &mut W,
-    tensors: &[(String, Tensor)],
-) -> std::io::Result<()> {
+fn write_npz<W: Write + std::io::Seek>(w: &mut W, layers: &[LayerBytes]) -> std::io::Result<()> {
     let mut zip = zip::ZipWriter::new(w);
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .last_modified_time(zip::DateTime::default())
         .large_file(true);
-    for (name, t) in tensors {
-        zip.start_file(format!("{name}.npy"), options)
+    for layer in layers {
+        zip.start_file(format!("{}.npy", layer.name), options)
             .map_err(std::io::Error::other)?;
-        let bytes = npy_bytes(t).map_err(std::io::Error::other)?;
-        zip.write_all(&bytes)?;
+        write_npy(&mut zip, &layer.shape, layer.bytes)?;
     }
     zip.finish().map_err(std::io::Error::other)?;
     Ok(())
 }
 
-/// A parquet file: a `path` column and a `list<float>` column per tensor.
-fn parquet_bytes(
-    tensors: &[(String, Tensor)],
+/// A parquet file: a `path` column and a `list<float>` column per layer.
+fn write_parquet<W: Write + Send>(
+    w: W,
+    layers: &[LayerBytes],
     rows: &[String],
     meta: &BTreeMap<String, String>,
-) -> Result<Vec<u8>> {
+) -> Result<()> {
     use parquet::basic::{LogicalType, Repetition, Type as Physical};
     use parquet::data_type::{ByteArray, ByteArrayType, FloatType};
     use parquet::file::metadata::KeyValue;
@@ -910,14 +964,19 @@ fn parquet_bytes(
             .map_err(err)?,
     )];
     let mut shapes = BTreeMap::new();
-    for (name, t) in tensors {
-        if t.dim(0)? != rows.len() {
+    for layer in layers {
+        if layer.shape[0] != rows.len() {
             return Err(Error::invalid(
                 "extract",
-                format!("{name}: {} rows for {} inputs", t.dim(0)?, rows.len()),
+                format!(
+                    "{}: {} rows for {} inputs",
+                    layer.name,
+                    layer.shape[0],
+                    rows.len()
+                ),
             ));
         }
-        shapes.insert(name.clone(), t.dims()[1..].to_vec());
+        shapes.insert(layer.name, layer.shape[1..].to_vec());
         let element = Type::primitive_type_builder("element", Physical::FLOAT)
             .with_repetition(Repetition::REQUIRED)
             .build()
@@ -928,7 +987,7 @@ fn parquet_bytes(
             .build()
             .map_err(err)?;
         fields.push(Arc::new(
-            Type::group_type_builder(name)
+            Type::group_type_builder(layer.name)
                 .with_repetition(Repetition::REQUIRED)
                 .with_logical_type(Some(LogicalType::List))
                 .with_fields(vec![Arc::new(list)])
@@ -942,20 +1001,19 @@ fn parquet_bytes(
             .build()
             .map_err(err)?,
     );
+    let json_err = |e: serde_json::Error| Error::invalid("extract", e.to_string());
     let mut all_meta = meta.clone();
     all_meta.insert(
         "shapes".into(),
-        serde_json::to_string(&shapes).map_err(|e| Error::invalid("extract", e.to_string()))?,
+        serde_json::to_string(&shapes).map_err(json_err)?,
     );
-    let kv =
-        serde_json::to_string(&all_meta).map_err(|e| Error::invalid("extract", e.to_string()))?;
+    let kv = serde_json::to_string(&all_meta).map_err(json_err)?;
     let props = WriterProperties::builder()
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::None)
         .set_key_value_metadata(Some(vec![KeyValue::new("layerlens".into(), kv)]))
         .build();
-    let mut buf = Vec::new();
-    let mut writer = SerializedFileWriter::new(&mut buf, schema, Arc::new(props)).map_err(err)?;
+    let mut writer = SerializedFileWriter::new(w, schema, Arc::new(props)).map_err(err)?;
     let mut group = writer.next_row_group().map_err(err)?;
     let mut column = 0;
     while let Some(mut col) = group.next_column().map_err(err)? {
@@ -965,21 +1023,28 @@ fn parquet_bytes(
                 .write_batch(&values, None, None)
                 .map_err(err)?;
         } else {
-            let t = &tensors[column - 1].1;
-            let values = f32_data(t)?;
-            let per_row = t.dims()[1..].iter().product::<usize>();
-            let def = vec![1i16; values.len()];
-            let rep: Vec<i16> = (0..values.len())
-                .map(|i| if i % per_row == 0 { 0 } else { 1 })
-                .collect();
-            col.typed::<FloatType>()
-                .write_batch(&values, Some(&def), Some(&rep))
-                .map_err(err)?;
+            let layer = &layers[column - 1];
+            let per_row: usize = layer.shape[1..].iter().product();
+            // A few rows at a time: bounded conversion buffers.
+            let rows_per_write = (1 << 20) / per_row.max(1) + 1;
+            for chunk in layer.bytes.chunks(rows_per_write * per_row * 4) {
+                let values: Vec<f32> = chunk
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let def = vec![1i16; values.len()];
+                let rep: Vec<i16> = (0..values.len())
+                    .map(|i| i16::from(i % per_row != 0))
+                    .collect();
+                col.typed::<FloatType>()
+                    .write_batch(&values, Some(&def), Some(&rep))
+                    .map_err(err)?;
+            }
         }
         col.close().map_err(err)?;
         column += 1;
     }
     group.close().map_err(err)?;
     writer.close().map_err(err)?;
-    Ok(buf)
+    Ok(())
 }

@@ -69,16 +69,19 @@ pub fn fit_image(img: image::DynamicImage, width: usize, height: usize) -> image
     if tw != th {
         return img.resize_exact(tw, th, FilterType::Triangle);
     }
-    let (w, h) = (img.width() as f64, img.height() as f64);
-    let short = (width as f64 * 256.0 / 224.0).round();
-    let scale = short / w.min(h);
-    let (nw, nh) = (
-        ((w * scale).round() as u32).max(tw),
-        ((h * scale).round() as u32).max(th),
-    );
+    // torchvision's arithmetic: the longer side is truncated, and the crop
+    // offset rounded half to even (Python's round).
+    let short = (width as f64 * 256.0 / 224.0).round() as u64;
+    let (w, h) = (img.width() as u64, img.height() as u64);
+    let (nw, nh) = if w <= h {
+        (short, short * h / w)
+    } else {
+        (short * w / h, short)
+    };
+    let (nw, nh) = ((nw as u32).max(tw), (nh as u32).max(th));
     let img = img.resize_exact(nw, nh, FilterType::Triangle);
-    let (left, top) = ((nw - tw) / 2, (nh - th) / 2);
-    img.crop_imm(left, top, tw, th)
+    let offset = |n: u32, t: u32| ((n - t) as f64 / 2.0).round_ties_even() as u32;
+    img.crop_imm(offset(nw, tw), offset(nh, th), tw, th)
 }
 
 /// Turns image files into model inputs: decoded, fitted to the model's input

@@ -12,8 +12,9 @@
 //! OUT/manifest.jsonl            one line per input: path, shard file and row, or why skipped
 //! ```
 //!
-//! Inputs are listed (directories recursively, sorted by path) and cut into
-//! shards of [`DatasetOptions::rows_per_shard`] inputs. Each shard is computed
+//! Inputs are walked in a fixed order ([`ImageSource`]: directories
+//! recursively, entries sorted by file name; never listed whole in memory)
+//! and cut into shards of [`DatasetOptions::rows_per_shard`] inputs. Each shard is computed
 //! in memory, written to a temporary file, synced, and renamed into place, and
 //! its `.json` index is renamed after it: a shard whose index exists is
 //! complete. `manifest.jsonl` is written last; a directory without it is an
@@ -152,16 +153,21 @@ pub fn is_image_file(path: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
-/// Lists the images under `inputs`: files as given, directories recursively
-/// (following symbolic links), each directory's images sorted by relative path,
-/// in the order the inputs are given. With more than one input, names are
-/// prefixed by the input as given, so they stay unique.
-pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
-    let mut items = Vec::new();
-    for input in inputs {
-        let meta = std::fs::metadata(input).map_err(|e| io_error(input, e))?;
-        if !meta.is_dir() {
-            if !is_image_file(input) {
+/// The images under some inputs, in a fixed order, walked lazily: files as
+/// given, directories recursively (following symbolic links, each directory's
+/// entries in file-name order), inputs in the order given. Nothing is listed
+/// up front, so a dataset of any size costs no memory to enumerate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSource {
+    inputs: Vec<PathBuf>,
+}
+
+impl ImageSource {
+    /// Checks that every input is a directory or an image file.
+    pub fn new(inputs: Vec<PathBuf>) -> Result<Self> {
+        for input in &inputs {
+            let meta = std::fs::metadata(input).map_err(|e| io_error(input, e))?;
+            if !meta.is_dir() && !is_image_file(input) {
                 return Err(Error::invalid(
                     "input",
                     format!(
@@ -170,43 +176,78 @@ pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
                     ),
                 ));
             }
-            items.push(ImageItem {
-                path: input.clone(),
-                name: input.to_string_lossy().replace('\\', "/"),
-            });
-            continue;
         }
-        let mut found = Vec::new();
-        for entry in walkdir::WalkDir::new(input).follow_links(true) {
-            let entry = entry.map_err(|e| {
-                let path = e.path().unwrap_or(input).to_path_buf();
-                match e.into_io_error() {
-                    Some(io) => io_error(&path, io),
-                    None => Error::invalid("input", format!("{}: directory loop", path.display())),
-                }
-            })?;
-            if entry.file_type().is_file() && is_image_file(entry.path()) {
-                let rel = entry
-                    .path()
-                    .strip_prefix(input)
-                    .unwrap_or(entry.path())
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                let name = if inputs.len() > 1 {
-                    format!("{}/{rel}", input.to_string_lossy().trim_end_matches('/'))
-                } else {
-                    rel
-                };
-                found.push(ImageItem {
-                    path: entry.into_path(),
-                    name,
-                });
-            }
-        }
-        found.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(found);
+        Ok(ImageSource { inputs })
     }
-    Ok(items)
+
+    /// The images, in order. An item's name is its path relative to the input
+    /// directory it was found under (with `/` separators), or the file as given;
+    /// with more than one input, names are prefixed by the input as given, so
+    /// they stay unique.
+    pub fn iter(&self) -> impl Iterator<Item = Result<ImageItem>> + '_ {
+        let several = self.inputs.len() > 1;
+        self.inputs.iter().flat_map(move |input| {
+            walkdir::WalkDir::new(input)
+                .follow_links(true)
+                .sort_by_file_name()
+                .into_iter()
+                .filter_map(move |entry| {
+                    let entry = match entry {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let path = e.path().unwrap_or(input).to_path_buf();
+                            return Some(Err(match e.into_io_error() {
+                                Some(io) => io_error(&path, io),
+                                None => Error::invalid(
+                                    "input",
+                                    format!("{}: directory loop", path.display()),
+                                ),
+                            }));
+                        }
+                    };
+                    if !entry.file_type().is_file() || !is_image_file(entry.path()) {
+                        return None;
+                    }
+                    let rel = entry
+                        .path()
+                        .strip_prefix(input)
+                        .ok()
+                        .filter(|r| !r.as_os_str().is_empty())
+                        .map(|r| r.to_string_lossy().replace('\\', "/"));
+                    let name = match (rel, several) {
+                        (Some(rel), false) => rel,
+                        (Some(rel), true) => {
+                            format!("{}/{rel}", input.to_string_lossy().trim_end_matches('/'))
+                        }
+                        // The input is the file itself.
+                        (None, _) => input.to_string_lossy().replace('\\', "/"),
+                    };
+                    Some(Ok(ImageItem {
+                        path: entry.into_path(),
+                        name,
+                    }))
+                })
+        })
+    }
+
+    /// How many images there are, and a checksum of their names (so that a
+    /// resumed run notices changed inputs): one pass over the directories.
+    pub fn census(&self) -> Result<(usize, u32)> {
+        let mut crc = crc32fast::Hasher::new();
+        let mut count = 0;
+        for item in self.iter() {
+            let item = item?;
+            crc.update(item.name.as_bytes());
+            crc.update(b"\n");
+            count += 1;
+        }
+        Ok((count, crc.finalize()))
+    }
+}
+
+/// All the images of [`ImageSource`] at once, in its order.
+pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
+    ImageSource::new(inputs.to_vec())?.iter().collect()
 }
 
 /// How a dataset extraction runs.
@@ -324,25 +365,25 @@ const MAX_SHARD_BYTES: usize = 256 << 20;
 /// Decoded batches waiting for the model; bounds the decoder's lead.
 const PREFETCH_BATCHES: usize = 2;
 
-/// Runs `model` over `items` (see [`list_images`]) and writes the outputs,
-/// named `names` (one per model output), as shards under `options.out`.
-/// `loader` turns a file into a `(1, C, H, W)` input.
+/// Runs `model` over the images of `source` and writes the outputs, named
+/// `names` (one per model output), as shards under `options.out`. `loader`
+/// turns a file into a `(1, C, H, W)` input.
 ///
 /// ```no_run
-/// use layerlens::extract::{extract_dataset, list_images, DatasetOptions};
+/// use layerlens::extract::{extract_dataset, DatasetOptions, ImageSource};
 /// use layerlens::preprocess::{ImageLoader, Preset};
 ///
 /// let model = layerlens::zoo::seed_cnn(true)?.submodel(&["conv2d_1"])?;
-/// let items = list_images(&["photos/".into()])?;
+/// let source = ImageSource::new(vec!["photos/".into()])?;
 /// let loader = ImageLoader::for_model(&model, Preset::UnitRange)?;
-/// let report = extract_dataset(&model, &["conv2d_1".into()], &items, &loader, &DatasetOptions::new("feats"))?;
+/// let report = extract_dataset(&model, &["conv2d_1".into()], &source, &loader, &DatasetOptions::new("feats"))?;
 /// println!("{} rows, {} skipped", report.rows_written, report.skipped.len());
 /// # Ok::<(), layerlens::Error>(())
 /// ```
 pub fn extract_dataset(
     model: &Model,
     names: &[String],
-    items: &[ImageItem],
+    source: &ImageSource,
     loader: &ImageLoader,
     options: &DatasetOptions,
 ) -> Result<DatasetReport> {
@@ -376,6 +417,13 @@ pub fn extract_dataset(
     let rows_per_shard = options
         .rows_per_shard
         .unwrap_or_else(|| DEFAULT_ROWS_PER_SHARD.min((MAX_SHARD_BYTES / row_bytes).max(1)));
+    let (count, crc) = source.census()?;
+    if count == 0 {
+        return Err(Error::invalid(
+            "extract",
+            "no images (.png, .jpg) found in the inputs",
+        ));
+    }
     let record = RunRecord {
         layerlens_extract: 1,
         settings: options.settings.clone(),
@@ -384,24 +432,23 @@ pub fn extract_dataset(
         batch: options.batch,
         rows_per_shard,
         part: options.shard.to_string(),
-        inputs: items.len(),
-        inputs_crc32: listing_crc(items),
+        inputs: count,
+        inputs_crc32: format!("{crc:08x}"),
     };
     let out = &options.out;
     prepare_out_dir(out, &record, options.resume)?;
 
-    let shard_count = items.len().div_ceil(rows_per_shard);
+    let shard_count = count.div_ceil(rows_per_shard);
+    let shard_len = |s: usize| rows_per_shard.min(count - s * rows_per_shard);
     let mine: Vec<usize> = (0..shard_count)
         .filter(|&s| options.shard.owns(s))
         .collect();
-    let shard_items =
-        |s: usize| &items[s * rows_per_shard..((s + 1) * rows_per_shard).min(items.len())];
-    let pending: Vec<usize> = mine
-        .iter()
-        .copied()
-        .filter(|&s| !shard_complete(out, s, options.format))
-        .collect();
-    let pending_inputs: usize = pending.iter().map(|&s| shard_items(s).len()).sum();
+    let mut todo = vec![false; shard_count];
+    for &s in &mine {
+        todo[s] = !shard_complete(out, s, options.format);
+    }
+    let pending = todo.iter().filter(|&&t| t).count();
+    let pending_inputs: usize = (0..shard_count).filter(|&s| todo[s]).map(shard_len).sum();
 
     let bar = progress_bar(options.progress, pending_inputs as u64);
     let threads = if options.decode_threads == 0 {
@@ -416,49 +463,86 @@ pub fn extract_dataset(
         .map_err(|e| Error::invalid("extract", format!("cannot start decoding threads: {e}")))?;
 
     let mut rows_written = 0;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<DecodedBatch>(PREFETCH_BATCHES);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<DecodedBatch>>(PREFETCH_BATCHES);
     std::thread::scope(|scope| -> Result<()> {
-        // The decoder: batches of decoded images, in order, a few ahead.
+        // The decoder: walks the inputs again, decodes the pending shards'
+        // images a batch at a time, in order, a few batches ahead of the model.
         let decoder = {
-            let pending = &pending;
+            let todo = &todo;
             let pool = &pool;
             scope.spawn(move || {
-                for &s in pending {
-                    let chunk = shard_items(s);
-                    let batches = chunk.len().div_ceil(options.batch);
-                    for b in 0..batches {
-                        let items =
-                            &chunk[b * options.batch..((b + 1) * options.batch).min(chunk.len())];
+                let send = |msg| tx.send(msg).is_ok();
+                let mut batch: Vec<ImageItem> = Vec::new();
+                let mut first = 0;
+                let mut check = crc32fast::Hasher::new();
+                let mut seen = 0;
+                for item in source.iter() {
+                    let item = match item {
+                        Ok(item) => item,
+                        Err(e) => {
+                            send(Err(e));
+                            return;
+                        }
+                    };
+                    check.update(item.name.as_bytes());
+                    check.update(b"\n");
+                    let (s, pos) = (seen / rows_per_shard, seen % rows_per_shard);
+                    seen += 1;
+                    if seen > count || !todo[s] {
+                        continue;
+                    }
+                    if batch.is_empty() {
+                        first = pos;
+                    }
+                    batch.push(item);
+                    let last = pos + 1 == shard_len(s);
+                    if batch.len() == options.batch || last {
                         let decoded: Vec<Result<Tensor>> = pool.install(|| {
                             use rayon::prelude::*;
-                            items.par_iter().map(|it| loader.load(&it.path)).collect()
+                            batch.par_iter().map(|it| loader.load(&it.path)).collect()
                         });
                         let msg = DecodedBatch {
                             shard: s,
-                            first: b * options.batch,
+                            first,
+                            names: batch.drain(..).map(|it| it.name).collect(),
                             decoded,
-                            last: b + 1 == batches,
+                            last,
                         };
-                        if tx.send(msg).is_err() {
+                        if !send(Ok(msg)) {
                             return; // the model side stopped (an error): stop too
                         }
                     }
+                }
+                if seen != count || check.finalize() != crc {
+                    send(Err(Error::invalid(
+                        "extract",
+                        format!("the inputs changed during the run ({count} images when it started, {seen} now)"),
+                    )));
                 }
             })
         };
 
         let mut current: Option<ShardBuffer> = None;
+        // The shard buffers, reused from shard to shard rather than freed and
+        // allocated again.
+        let mut spare: Vec<Vec<u8>> = Vec::new();
         // Owned here: an early return drops the receiver, which stops the decoder.
         for msg in rx {
-            let chunk = shard_items(msg.shard);
-            let buf =
-                current.get_or_insert_with(|| ShardBuffer::new(msg.shard, &layers, chunk.len()));
+            let msg = msg?;
+            let buf = current.get_or_insert_with(|| {
+                ShardBuffer::new(
+                    msg.shard,
+                    &layers,
+                    shard_len(msg.shard),
+                    std::mem::take(&mut spare),
+                )
+            });
             let mut ok = Vec::new();
-            for (i, r) in msg.decoded.into_iter().enumerate() {
-                let item = &chunk[msg.first + i];
+            let inputs = msg.names.len();
+            for (name, r) in msg.names.into_iter().zip(msg.decoded) {
                 match r {
                     Ok(t) => {
-                        buf.push_row(&item.name, options.format);
+                        buf.push_row(name, options.format);
                         ok.push(t);
                     }
                     Err(e) => {
@@ -469,27 +553,27 @@ pub fn extract_dataset(
                             ));
                         }
                         let s = Skipped {
-                            path: item.name.clone(),
+                            path: name,
                             error: e.to_string(),
                         };
-                        bar.suspend(|| {
-                            if options.progress {
-                                eprintln!("warning: skipped {}: {}", s.path, s.error);
-                            }
-                        });
+                        if options.progress {
+                            bar.suspend(|| eprintln!("warning: skipped {}: {}", s.path, s.error));
+                        }
                         buf.push_skipped(s);
                     }
                 }
             }
+            debug_assert_eq!(buf.inputs.len(), msg.first + inputs);
             if !ok.is_empty() {
                 let x = Tensor::cat(&ok, 0)?;
+                drop(ok);
                 buf.push_outputs(model.forward(&[x])?)?;
             }
-            bar.inc((chunk.len().min(msg.first + options.batch) - msg.first) as u64);
+            bar.inc(inputs as u64);
             if msg.last {
                 let buf = current.take().expect("a shard in progress");
                 rows_written += buf.rows.len();
-                buf.write(out, options.format, &layers)?;
+                spare = buf.write(out, options.format, &layers)?;
             }
         }
         decoder
@@ -499,29 +583,31 @@ pub fn extract_dataset(
     })?;
     bar.finish_and_clear();
 
-    // Every shard of this part is complete: the manifest marks the run done.
-    let mut manifest = Vec::new();
+    // Every shard of this part is complete: the manifest, written last, marks
+    // the run done. It is streamed from the shard indexes.
     let mut skipped = Vec::new();
-    for &s in &mine {
-        for entry in read_index(out, s)?.inputs {
-            serde_json::to_writer(&mut manifest, &entry)
-                .map_err(|e| Error::invalid("extract", e.to_string()))?;
-            manifest.push(b'\n');
-            if let Some(error) = entry.skipped {
-                skipped.push(Skipped {
-                    path: entry.path,
-                    error,
-                });
+    let manifest_path = out.join("manifest.jsonl");
+    write_file_atomic(&manifest_path, |f| {
+        for &s in &mine {
+            let index = read_index(out, s).map_err(std::io::Error::other)?;
+            for entry in index.inputs {
+                serde_json::to_writer(&mut *f, &entry)?;
+                f.write_all(b"\n")?;
+                if let Some(error) = entry.skipped {
+                    skipped.push(Skipped {
+                        path: entry.path,
+                        error,
+                    });
+                }
             }
         }
-    }
-    let manifest_path = out.join("manifest.jsonl");
-    write_file_atomic(&manifest_path, |f| f.write_all(&manifest))?;
+        Ok(())
+    })?;
     Ok(DatasetReport {
-        inputs: mine.iter().map(|&s| shard_items(s).len()).sum(),
+        inputs: mine.iter().map(|&s| shard_len(s)).sum(),
         rows_written,
-        shards_written: pending.len(),
-        shards_kept: mine.len() - pending.len(),
+        shards_written: pending,
+        shards_kept: mine.len() - pending,
         rows_per_shard,
         skipped,
         manifest: manifest_path,
@@ -532,6 +618,8 @@ struct DecodedBatch {
     shard: usize,
     /// Position of the batch's first item in its shard.
     first: usize,
+    /// The items' names (manifest paths).
+    names: Vec<String>,
     decoded: Vec<Result<Tensor>>,
     last: bool,
 }
@@ -547,15 +635,23 @@ struct ShardBuffer {
 }
 
 impl ShardBuffer {
-    fn new(shard: usize, layers: &[(String, Vec<usize>)], capacity_rows: usize) -> Self {
+    /// A buffer for `capacity_rows` rows, in `spare`'s allocations if given.
+    fn new(
+        shard: usize,
+        layers: &[(String, Vec<usize>)],
+        capacity_rows: usize,
+        mut spare: Vec<Vec<u8>>,
+    ) -> Self {
+        spare.resize_with(layers.len(), Vec::new);
+        for (buf, (_, d)) in spare.iter_mut().zip(layers) {
+            buf.clear();
+            buf.reserve_exact(capacity_rows * d.iter().product::<usize>() * 4);
+        }
         ShardBuffer {
             shard,
             rows: Vec::new(),
             inputs: Vec::new(),
-            outputs: layers
-                .iter()
-                .map(|(_, d)| Vec::with_capacity(capacity_rows * d.iter().product::<usize>() * 4))
-                .collect(),
+            outputs: spare,
         }
     }
 
@@ -567,14 +663,14 @@ impl ShardBuffer {
         Ok(())
     }
 
-    fn push_row(&mut self, path: &str, format: OutputFormat) {
+    fn push_row(&mut self, path: String, format: OutputFormat) {
         self.inputs.push(IndexEntry {
-            path: path.to_string(),
+            path: path.clone(),
             shard: Some(shard_file_name(self.shard, format)),
             row: Some(self.rows.len()),
             skipped: None,
         });
-        self.rows.push(path.to_string());
+        self.rows.push(path);
     }
 
     fn push_skipped(&mut self, s: Skipped) {
@@ -591,7 +687,7 @@ impl ShardBuffer {
         out: &Path,
         format: OutputFormat,
         layers: &[(String, Vec<usize>)],
-    ) -> Result<()> {
+    ) -> Result<Vec<Vec<u8>>> {
         let n = self.rows.len();
         let data: Vec<LayerBytes> = layers
             .iter()
@@ -614,7 +710,8 @@ impl ShardBuffer {
             .map_err(|e| Error::invalid("extract", e.to_string()))?;
         write_file_atomic(&out.join(index_file_name(self.shard)), |f| {
             f.write_all(&json)
-        })
+        })?;
+        Ok(self.outputs)
     }
 }
 
@@ -637,16 +734,6 @@ fn read_index(out: &Path, shard: usize) -> Result<ShardIndex> {
         path: path.display().to_string(),
         message: format!("not a shard index: {e}"),
     })
-}
-
-/// A checksum of the input listing, so that a resumed run notices changed inputs.
-fn listing_crc(items: &[ImageItem]) -> String {
-    let mut h = crc32fast::Hasher::new();
-    for it in items {
-        h.update(it.name.as_bytes());
-        h.update(b"\n");
-    }
-    format!("{:08x}", h.finalize())
 }
 
 /// Creates `out` for a new run, or checks that it holds the same run when

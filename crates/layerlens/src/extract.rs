@@ -552,10 +552,12 @@ pub fn extract_dataset(
                                 format!("{e} (--strict stops at the first unreadable image)"),
                             ));
                         }
-                        let s = Skipped {
-                            path: name,
-                            error: e.to_string(),
+                        // The manifest names the input; the message need not again.
+                        let error = match e {
+                            Error::Format { message, .. } => message,
+                            other => other.to_string(),
                         };
+                        let s = Skipped { path: name, error };
                         if options.progress {
                             bar.suspend(|| eprintln!("warning: skipped {}: {}", s.path, s.error));
                         }
@@ -840,9 +842,14 @@ fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:32} {pos}/{len} images  {per_sec}  ETA {eta}")
+        indicatif::ProgressStyle::with_template("{bar:32} {pos}/{len} images  {rate}  ETA {eta}")
     {
-        bar.set_style(style);
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} images/s", state.per_sec());
+            },
+        ));
     }
     bar
 }
@@ -1089,11 +1096,11 @@ fn write_parquet<W: Write + Send>(
             .map_err(err)?,
     );
     let json_err = |e: serde_json::Error| Error::invalid("extract", e.to_string());
-    let mut all_meta = meta.clone();
-    all_meta.insert(
-        "shapes".into(),
-        serde_json::to_string(&shapes).map_err(json_err)?,
-    );
+    let mut all_meta: BTreeMap<&str, serde_json::Value> = meta
+        .iter()
+        .map(|(k, v)| (k.as_str(), serde_json::Value::from(v.as_str())))
+        .collect();
+    all_meta.insert("shapes", serde_json::json!(shapes));
     let kv = serde_json::to_string(&all_meta).map_err(json_err)?;
     let props = WriterProperties::builder()
         .set_dictionary_enabled(false)

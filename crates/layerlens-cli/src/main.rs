@@ -9,21 +9,21 @@ use layerlens::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc.h (v2 and v3), which libmimalloc-sys
-/// does not name.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Makes mimalloc hand freed pages back to the OS at once instead of after its
-/// default 10 ms. A streaming extraction frees a batch's activations just
-/// before allocating the next batch's; with the delay, peak RSS crept up with
-/// the length of the run (78 MB over 1 000 images, 92 MB over 10 000; with
-/// it: 66 and 70 MB, docs/performance.md).
-fn purge_freed_memory_at_once() {
-    // SAFETY: sets an integer option; mimalloc reads options atomically.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+/// Training allocates and frees the same large buffers every step. glibc's
+/// defaults give blocks above a (dynamic) threshold their own mmap and trim
+/// the heap's free top, so each step faulted its buffers in again: the demo's
+/// 3 epochs took 6.0 s instead of 4.0 s (docs/performance.md). For training,
+/// freed memory stays in the heap for reuse; extraction keeps the defaults,
+/// which hand memory back and keep a long run's RSS flat.
+fn keep_freed_memory_for_reuse() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before training
+    // starts, on the main thread.
+    unsafe {
+        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
 }
 
 #[derive(Parser)]
@@ -530,7 +530,6 @@ struct ExtractArgs {
 }
 
 fn extract(a: &ExtractArgs) -> Result<()> {
-    purge_freed_memory_at_once();
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -686,6 +685,7 @@ fn extract_to_dir(
 }
 
 fn demo(out: &Path) -> Result<()> {
+    keep_freed_memory_for_reuse();
     use layerlens::train::{fit, loss::Loss, optim::Adam};
     use layerlens::viz::cam::{cam, overlay, to_rgb_image, CamMethod, CamOptions};
     use layerlens::viz::grid::{feature_grid, save_png, GridOptions};
@@ -844,6 +844,7 @@ struct TrainArgs {
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
+    keep_freed_memory_for_reuse();
     use layerlens::train::{data, fit, loss::Loss, optim};
     let model = load_model(&a.model)?;
     let g = model.graph();

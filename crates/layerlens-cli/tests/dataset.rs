@@ -305,6 +305,16 @@ fn parts_split_the_dataset_and_formats_agree() {
         &Device::Cpu,
     )
     .unwrap();
+    // Every format is byte-for-byte reproducible (what --resume relies on).
+    for format in ["npy", "parquet"] {
+        let (a, b) = (
+            root.join(format!("{format}-a")),
+            root.join(format!("{format}-b")),
+        );
+        ok(&layerlens(&extract_args(&input, &a, &["--format", format])));
+        ok(&layerlens(&extract_args(&input, &b, &["--format", format])));
+        same_files(&a, &b);
+    }
     let npy = root.join("npy");
     ok(&layerlens(&extract_args(
         &input,

@@ -103,6 +103,16 @@ impl ShardSpec {
     pub const ALL: ShardSpec = ShardSpec { index: 0, count: 1 };
 
     /// Parses `K/N` with `1 <= K <= N` (GNU `split -n K/N`'s convention).
+    ///
+    /// ```
+    /// use layerlens::extract::ShardSpec;
+    ///
+    /// let third = ShardSpec::parse("3/8")?;
+    /// assert_eq!((third.index, third.count), (2, 8));
+    /// assert!(third.owns(2) && third.owns(10) && !third.owns(3)); // every 8th shard
+    /// assert!(ShardSpec::parse("0/8").is_err() && ShardSpec::parse("9/8").is_err());
+    /// # Ok::<(), layerlens::Error>(())
+    /// ```
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || {
             Error::invalid(

@@ -782,6 +782,7 @@ impl BatchNormTrain {
     }
 
     /// `(dx, (dweight, dbias))` from the upstream gradient; each only if asked.
+    #[allow(clippy::type_complexity)]
     fn grads(
         &self,
         x: &Tensor,
@@ -978,8 +979,9 @@ impl CustomOp3 for BatchNormBackward {
 }
 
 /// Training-mode batch normalisation over axis 1 of an `(N, C)` or `(N, C, H, W)`
-/// tensor with layerlens' CPU kernel: `y = (x - mean) / sqrt(var + eps) · weight
-/// + bias` with the batch mean and biased variance, then `max(y, 0)` if `relu`.
+/// tensor with layerlens' CPU kernel:
+/// `y = (x - mean) / sqrt(var + eps) · weight + bias` with the batch mean and
+/// biased variance, then `max(y, 0)` if `relu`.
 /// Returns `y` (differentiable with respect to `x`, `weight` and `bias`) and the
 /// batch statistics, for the caller's running averages.
 ///

@@ -23,14 +23,16 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Which implementation of convolution and pooling runs on the CPU.
+/// Which implementation of convolution, pooling and training-mode batch norm runs
+/// on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelPath {
-    /// layerlens' kernels ([`conv`], [`pool`]): per-sample GEMMs, direct
-    /// depthwise loops, fused epilogues, their own gradients. The default.
+    /// layerlens' kernels ([`conv`], [`pool`], [`batch_norm`]): per-sample GEMMs,
+    /// direct depthwise loops, fused epilogues, their own gradients. The default.
     Fast,
     /// candle's `conv2d` and pooling, and their autograd (`conv_transpose2d` for
-    /// the input gradient; layerlens' workarounds for its pooling backward).
+    /// the input gradient; layerlens' workarounds for its pooling backward);
+    /// batch norm composed from candle ops.
     Candle,
 }
 

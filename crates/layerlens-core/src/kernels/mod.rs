@@ -983,7 +983,10 @@ impl CustomOp3 for BatchNormBackward {
 /// Training-mode batch normalisation over axis 1 of an `(N, C)` or `(N, C, H, W)`
 /// tensor with layerlens' CPU kernel:
 /// `y = (x - mean) / sqrt(var + eps) · weight + bias` with the batch mean and
-/// biased variance, then `max(y, 0)` if `relu`.
+/// biased variance, then `max(y, 0)` if `relu` (the backward then masks the
+/// gradient where `y` is 0). `BatchNorm` runs it without: the executor does not
+/// fuse a following ReLU node in training (a one-pass ReLU op in place of
+/// candle's measured no gain on the ResNet-18 step, see docs/performance.md).
 /// Returns `y` (differentiable with respect to `x`, `weight` and `bias`) and the
 /// batch statistics, for the caller's running averages.
 ///

@@ -12,8 +12,9 @@
 //! seeded initial weights (timings do not depend on the values).
 //!
 //! Repetitions: `$REPS` (default 20; batch 8 and training run fewer).
-//! `LAYERLENS_KERNELS=candle` runs candle's CPU convolution and pooling instead of
-//! layerlens' kernels (the "before" column of docs/performance.md).
+//! `LAYERLENS_KERNELS=candle` runs candle's CPU convolution and pooling (and
+//! training-mode batch norm composed from candle ops) instead of layerlens'
+//! kernels (the "before" column of docs/performance.md).
 
 use layerlens::candle_core::{Device, Tensor};
 use layerlens::prelude::*;
@@ -165,7 +166,8 @@ fn main() -> layerlens::Result<()> {
 }
 
 fn run_case(case: &str, dir: Option<&Path>) -> layerlens::Result<()> {
-    // `LAYERLENS_KERNELS=candle` measures candle's own CPU convolution and pooling.
+    // `LAYERLENS_KERNELS=candle` measures candle's own CPU convolution and pooling
+    // (and composed training-mode batch norm).
     if std::env::var("LAYERLENS_KERNELS").is_ok_and(|k| k == "candle") {
         layerlens::kernels::set_kernel_path(layerlens::kernels::KernelPath::Candle);
     }

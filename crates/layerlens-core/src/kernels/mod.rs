@@ -5,12 +5,15 @@
 //! `docs/performance.md`), layerlens runs its own kernel as a candle custom op
 //! with its own backward. Other devices (CUDA) and dtypes keep candle's kernels.
 //! [`set_kernel_path`] switches back to candle's CPU convolution, which is how the
-//! tests check one path against the other.
+//! tests check one path against the other. Training-mode batch normalisation
+//! ([`batch_norm_train`]) follows the same switch.
 
+pub mod batch_norm;
 pub mod conv;
 pub mod pool;
 
 use crate::ops::padding::pad_hw;
+use batch_norm::{BatchStats, BnGeometry};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use conv::{ConvGeometry, Epilogue, FusedActivation};
@@ -18,15 +21,18 @@ use pool::PoolGeometry;
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
-/// Which implementation of convolution and pooling runs on the CPU.
+/// Which implementation of convolution, pooling and training-mode batch norm runs
+/// on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelPath {
-    /// layerlens' kernels ([`conv`], [`pool`]): per-sample GEMMs, direct
-    /// depthwise loops, fused epilogues, their own gradients. The default.
+    /// layerlens' kernels ([`conv`], [`pool`], [`batch_norm`]): per-sample GEMMs,
+    /// direct depthwise loops, fused epilogues, their own gradients. The default.
     Fast,
     /// candle's `conv2d` and pooling, and their autograd (`conv_transpose2d` for
-    /// the input gradient; layerlens' workarounds for its pooling backward).
+    /// the input gradient; layerlens' workarounds for its pooling backward);
+    /// batch norm composed from candle ops.
     Candle,
 }
 
@@ -734,4 +740,308 @@ pub fn conv2d_bias_act(
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
     }
+}
+
+/// Training-mode batch norm `[relu](bn(x) · weight + bias)` with the batch
+/// statistics, as one candle op with its own backward ([`batch_norm`]).
+///
+/// The forward computes the statistics itself and leaves them in `stats` for the
+/// caller (running statistics) and for its backward; they are a by-product of the
+/// op, not inputs: the backward is the full gradient through them.
+struct BatchNormTrain {
+    eps: f64,
+    relu: bool,
+    stats: Arc<OnceLock<BatchStats>>,
+}
+
+impl BatchNormTrain {
+    fn run(
+        &self,
+        (x, xl): (&CpuStorage, &Layout),
+        affine: Option<(&[f32], &[f32])>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = bn_geometry(xl.dims())?;
+        if affine.is_some_and(|(w, b)| w.len() != g.channels || b.len() != g.channels) {
+            candle_core::bail!(
+                "batch norm weight and bias need one value per channel ({})",
+                g.channels
+            );
+        }
+        let mut y = vec![0f32; g.len()];
+        let stats = batch_norm::batch_norm_train_forward(
+            &g,
+            slice(x, xl)?,
+            affine.map(|a| a.0),
+            affine.map(|a| a.1),
+            self.eps,
+            self.relu,
+            &mut y,
+        );
+        if self.stats.set(stats).is_err() {
+            candle_core::bail!("a batch norm op value ran its forward twice");
+        }
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    /// `(dx, (dweight, dbias))` from the upstream gradient; each only if asked.
+    #[allow(clippy::type_complexity)]
+    fn grads(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        y: &Tensor,
+        dy: &Tensor,
+        need_dx: bool,
+        need_params: bool,
+    ) -> candle_core::Result<(Option<Tensor>, Option<(Tensor, Tensor)>)> {
+        if !need_dx && !need_params {
+            return Ok((None, None));
+        }
+        let g = bn_geometry(x.dims())?;
+        let op = BatchNormBackward {
+            eps: self.eps,
+            stats: self.stats.clone(),
+            weight: weight.map(|w| w.to_vec1::<f32>()).transpose()?,
+            need_dx,
+        };
+        let (x, dy) = (x.contiguous()?, dy.contiguous()?);
+        let out = if self.relu {
+            x.apply_op3_no_bwd(&dy, &y.contiguous()?, &op)?
+        } else {
+            x.apply_op2_no_bwd(&dy, &op)?
+        };
+        // `out` is `[dx | dweight | dbias]` (no dx unless asked).
+        let n = if need_dx { g.len() } else { 0 };
+        let c = g.channels;
+        let dx = if need_dx {
+            Some(out.narrow(0, 0, n)?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let params = if need_params {
+            Some((
+                out.narrow(0, n, c)?.copy()?,
+                out.narrow(0, n + c, c)?.copy()?,
+            ))
+        } else {
+            None
+        };
+        Ok((dx, params))
+    }
+}
+
+fn bn_geometry(dims: &[usize]) -> candle_core::Result<BnGeometry> {
+    let Some(g) = BnGeometry::of_dims(dims) else {
+        candle_core::bail!("batch norm expects (N, C) or (N, C, H, W), got {dims:?}")
+    };
+    if g.per_channel() == 0 {
+        candle_core::bail!(
+            "batch norm in training needs at least one value per channel, got {dims:?}"
+        );
+    }
+    Ok(g)
+}
+
+impl CustomOp1 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "layerlens-batch-norm-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s, l), None)
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(self.grads(x, None, y, dy, x.track_op(), false)?.0)
+    }
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "layerlens-batch-norm-train-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), Some((slice(s2, l2)?, slice(s3, l3)?)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, params) = self.grads(
+            x,
+            Some(w),
+            y,
+            dy,
+            x.track_op(),
+            w.track_op() || b.track_op(),
+        )?;
+        let (dw, db) = match params {
+            Some((dw, db)) => (w.track_op().then_some(dw), b.track_op().then_some(db)),
+            None => (None, None),
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// `[dx | dweight | dbias]` (flat) from `(x, dy)`, or `(x, dy, y)` when the
+/// forward applied a ReLU (`y` masks the gradient).
+struct BatchNormBackward {
+    eps: f64,
+    stats: Arc<OnceLock<BatchStats>>,
+    weight: Option<Vec<f32>>,
+    need_dx: bool,
+}
+
+impl BatchNormBackward {
+    fn run(
+        &self,
+        (x, xl): (&CpuStorage, &Layout),
+        (dy, dyl): (&CpuStorage, &Layout),
+        relu_out: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = bn_geometry(xl.dims())?;
+        if dyl.dims() != xl.dims() {
+            candle_core::bail!(
+                "batch norm gradient {:?} does not have the input's shape {:?}",
+                dyl.dims(),
+                xl.dims()
+            );
+        }
+        let Some(stats) = self.stats.get() else {
+            candle_core::bail!("batch norm backward before its forward")
+        };
+        let n = if self.need_dx { g.len() } else { 0 };
+        let mut out = vec![0f32; n + 2 * g.channels];
+        let grads = batch_norm::batch_norm_train_backward(
+            &g,
+            slice(x, xl)?,
+            slice(dy, dyl)?,
+            relu_out,
+            stats,
+            self.weight.as_deref(),
+            self.eps,
+            self.need_dx.then(|| &mut out[..n]),
+        );
+        out[n..n + g.channels].copy_from_slice(&grads.dweight);
+        out[n + g.channels..].copy_from_slice(&grads.dbias);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+impl CustomOp2 for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "layerlens-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "layerlens-batch-norm-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l3.dims() != l1.dims() {
+            candle_core::bail!("batch norm output does not have the input's shape");
+        }
+        self.run((s1, l1), (s2, l2), Some(slice(s3, l3)?))
+    }
+}
+
+/// Training-mode batch normalisation over axis 1 of an `(N, C)` or `(N, C, H, W)`
+/// tensor with layerlens' CPU kernel:
+/// `y = (x - mean) / sqrt(var + eps) · weight + bias` with the batch mean and
+/// biased variance, then `max(y, 0)` if `relu` (the backward then masks the
+/// gradient where `y` is 0). `BatchNorm` runs it without: the executor does not
+/// fuse a following ReLU node in training (a one-pass ReLU op in place of
+/// candle's measured no gain on the ResNet-18 step, see docs/performance.md).
+/// Returns `y` (differentiable with respect to `x`, `weight` and `bias`) and the
+/// batch statistics, for the caller's running averages.
+///
+/// `None` where the kernel does not apply (not a CPU f32 tensor, another rank, or
+/// [`KernelPath::Candle`] chosen): the caller composes candle ops instead.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use layerlens_core::kernels::batch_norm_train;
+/// let x = Tensor::new(&[[1f32, 10.0], [3.0, 30.0]], &Device::Cpu)?;
+/// let (y, stats) = batch_norm_train(&x, None, 1e-5, false).expect("CPU f32")?;
+/// assert_eq!(stats.mean, vec![2.0, 20.0]);
+/// assert_eq!(stats.var, vec![1.0, 100.0]);
+/// let y: Vec<Vec<f32>> = y.to_vec2()?;
+/// assert!((y[0][0] + 1.0).abs() < 1e-4 && (y[1][1] - 1.0).abs() < 1e-4);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn batch_norm_train(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+    relu: bool,
+) -> Option<candle_core::Result<(Tensor, BatchStats)>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(f32_cpu(x)
+        && affine.is_none_or(|(w, b)| f32_cpu(w) && f32_cpu(b))
+        && matches!(x.rank(), 2 | 4)
+        && kernel_path() == KernelPath::Fast)
+    {
+        return None;
+    }
+    let stats = Arc::new(OnceLock::new());
+    let op = BatchNormTrain {
+        eps,
+        relu,
+        stats: stats.clone(),
+    };
+    let run = || -> candle_core::Result<(Tensor, BatchStats)> {
+        let x = x.contiguous()?;
+        let y = match affine {
+            Some((w, b)) => {
+                let (w, b) = (w.contiguous()?, b.contiguous()?);
+                if x.track_op() || w.track_op() || b.track_op() {
+                    x.apply_op3(&w, &b, op)?
+                } else {
+                    x.apply_op3_no_bwd(&w, &b, &op)?
+                }
+            }
+            None if x.track_op() => x.apply_op1(op)?,
+            None => x.apply_op1_no_bwd(&op)?,
+        };
+        let Some(stats) = stats.get() else {
+            candle_core::bail!("batch norm forward left no statistics")
+        };
+        Ok((y, stats.clone()))
+    };
+    Some(run())
 }

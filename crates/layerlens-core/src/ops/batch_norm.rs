@@ -3,6 +3,7 @@
 
 use super::{ForwardCtx, InferCtx, LayerOp};
 use crate::error::{Error, NodeContext, Result};
+use crate::kernels;
 use crate::params::{Init, ParamKind, ParamSpec};
 use crate::shape::Shape;
 use candle_core::Tensor;
@@ -15,6 +16,10 @@ use serde::{Deserialize, Serialize};
 /// running statistics with PyTorch's convention,
 /// `running = (1 - momentum) * running + momentum * batch` with the unbiased batch
 /// variance. Keras' `momentum=0.99` is PyTorch's `momentum=0.01`.
+///
+/// Training on the CPU in f32 runs one kernel with its own backward
+/// ([`kernels::batch_norm_train`]); elsewhere (and on [`kernels::KernelPath::Candle`])
+/// it composes candle ops, which candle's autograd differentiates.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchNorm {
     /// Added to the variance (PyTorch 1e-5, Keras 1e-3).
@@ -62,6 +67,56 @@ impl BatchNorm {
     pub fn momentum(mut self, m: f64) -> Self {
         self.momentum = m;
         self
+    }
+}
+
+impl BatchNorm {
+    /// PyTorch's running-statistics update from the batch mean and biased
+    /// variance of `x` (made unbiased here), computed in f64.
+    fn update_running_stats(
+        &self,
+        ctx: &ForwardCtx,
+        x: &Tensor,
+        mean: &[f64],
+        var: &[f64],
+    ) -> Result<()> {
+        let node = ctx.node;
+        let n = x.elem_count() / self.channels.max(1);
+        let unbiased = if n > 1 {
+            n as f64 / (n as f64 - 1.0)
+        } else {
+            1.0
+        };
+        let m = self.momentum;
+        for (name, batch, factor) in [("running_mean", mean, 1.0), ("running_var", var, unbiased)] {
+            let old = ctx.param(name)?;
+            let old_v: Vec<f32> = old
+                .detach()
+                .to_dtype(candle_core::DType::F32)
+                .at_node(node)?
+                .to_vec1()
+                .at_node(node)?;
+            if old_v.len() != batch.len() {
+                return Err(Error::shape(
+                    node,
+                    format!(
+                        "{name} has {} values for {} channels",
+                        old_v.len(),
+                        batch.len()
+                    ),
+                ));
+            }
+            let new: Vec<f32> = old_v
+                .iter()
+                .zip(batch)
+                .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * factor) as f32)
+                .collect();
+            let new = Tensor::from_vec(new, old_v.len(), old.device())
+                .and_then(|t| t.to_dtype(old.dtype()))
+                .at_node(node)?;
+            ctx.set_buffer(name, &new)?;
+        }
+        Ok(())
     }
 }
 
@@ -141,6 +196,19 @@ impl LayerOp for BatchNorm {
         let mut bshape = vec![1usize; rank];
         bshape[1] = self.channels;
         let reduce: Vec<usize> = (0..rank).filter(|&d| d != 1).collect();
+        if ctx.train {
+            let affine = if self.affine {
+                Some((ctx.param("weight")?, ctx.param("bias")?))
+            } else {
+                None
+            };
+            let wb = affine.as_ref().map(|(w, b)| (w, b));
+            if let Some(r) = kernels::batch_norm_train(x, wb, self.eps, false) {
+                let (y, stats) = r.at_node(node)?;
+                self.update_running_stats(ctx, x, &stats.mean, &stats.var)?;
+                return Ok(y);
+            }
+        }
         let (mean, var) = if ctx.train {
             let n = x.elem_count() / self.channels;
             let mean = x.mean_keepdim(reduce.as_slice()).at_node(node)?;

@@ -19,7 +19,7 @@
 //! its `.json` index is renamed after it: a shard whose index exists is
 //! complete. `manifest.jsonl` is written last; a directory without it is an
 //! unfinished run, which [`DatasetOptions::resume`] continues, skipping the
-//! complete shards. Shard `s` belongs to part `s % N` of a [`ShardSpec`] `K/N`,
+//! complete shards. Shard `s` belongs to part `K = s % N + 1` of a [`ShardSpec`] `K/N`,
 //! so `N` jobs given the same inputs write disjoint shard files whose union is
 //! the whole run.
 //!

@@ -179,56 +179,7 @@ enum Command {
     /// Example: layerlens extract zoo:seed_cnn --input embedded:fashion-mnist-test --layers 'conv2d*' --apply mean --out feats.safetensors
     ///
     /// Example: layerlens extract model.onnx --input photos/ --layers 'layer*' --preprocess imagenet --out feats/ --shard 2/8 --resume
-    Extract {
-        /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
-        model: String,
-        /// Inputs: images (png, jpg), directories of images (recursive), .npy or
-        /// .safetensors float32 NCHW tensors used as they are (the first tensor of a
-        /// safetensors file), or embedded:fashion-mnist-test / embedded:fashion-mnist-train.
-        #[arg(long, required = true, num_args = 1..)]
-        input: Vec<String>,
-        /// Comma-separated node names or globs, or `all`.
-        #[arg(long)]
-        layers: String,
-        /// Output file (.safetensors, .npz, .npy for one layer, .parquet) or directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Samples per forward pass.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// A built-in Lambda applied to each extracted activation: mean (spatial
-        /// mean), max (spatial max), l2_normalize (over channels), flatten. Layers
-        /// without spatial axes are written as they are for mean and max.
-        #[arg(long)]
-        apply: Option<String>,
-        /// Preprocessing of image inputs: unit ([0, 1]), imagenet, efficientnet-lite.
-        /// Images of the model's input size are used as they are; others are resized
-        /// (and centre-cropped for square inputs).
-        #[arg(long, default_value = "unit")]
-        preprocess: String,
-        /// safetensors, npy (.npz archives of .npy) or parquet (a path column and a
-        /// list<float> column per layer). Default: from --out's extension, else safetensors.
-        #[arg(long)]
-        format: Option<String>,
-        /// Continue an unfinished run in the --out directory (same inputs and
-        /// options); complete shards are kept, the rest is computed.
-        #[arg(long)]
-        resume: bool,
-        /// Process only the K-th of N disjoint parts (1 <= K <= N), e.g. 3/8; give
-        /// the N jobs the same inputs and options, and each its own --out.
-        #[arg(long, value_name = "K/N")]
-        shard: Option<String>,
-        /// Inputs per output shard (default: up to 1024, fewer for large layers so
-        /// that a shard stays under 256 MiB).
-        #[arg(long)]
-        shard_rows: Option<usize>,
-        /// Stop at the first unreadable image (default: warn, skip it, list it at the end).
-        #[arg(long)]
-        strict: bool,
-        /// Image decoding threads (default: half the cores).
-        #[arg(long)]
-        jobs: Option<usize>,
-    },
+    Extract(ExtractArgs),
 }
 
 fn main() {
@@ -236,35 +187,7 @@ fn main() {
     let r = match cli.command {
         Command::Demo { out } => demo(&out),
         Command::Summary { model } => load_model(&model).map(|m| println!("{}", m.summary())),
-        Command::Extract {
-            model,
-            input,
-            layers,
-            out,
-            batch,
-            apply,
-            preprocess,
-            format,
-            resume,
-            shard,
-            shard_rows,
-            strict,
-            jobs,
-        } => extract(&ExtractArgs {
-            model,
-            input,
-            layers,
-            out,
-            batch,
-            apply,
-            preprocess,
-            format,
-            resume,
-            shard,
-            shard_rows,
-            strict,
-            jobs,
-        }),
+        Command::Extract(args) => extract(&args),
         Command::Show {
             model,
             input,
@@ -513,19 +436,56 @@ fn write_safetensors_atomic(
     Ok(())
 }
 
+/// `layerlens extract`'s arguments.
+#[derive(clap::Args)]
 struct ExtractArgs {
+    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
+    /// Inputs: images (png, jpg), directories of images (recursive), .npy or
+    /// .safetensors float32 NCHW tensors used as they are (the first tensor of a
+    /// safetensors file), or embedded:fashion-mnist-test / embedded:fashion-mnist-train.
+    #[arg(long, required = true, num_args = 1..)]
     input: Vec<String>,
+    /// Comma-separated node names or globs, or `all`.
+    #[arg(long)]
     layers: String,
+    /// Output file (.safetensors, .npz, .npy for one layer, .parquet) or directory.
+    #[arg(long)]
     out: PathBuf,
+    /// Samples per forward pass.
+    #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// A built-in Lambda applied to each extracted activation: mean (spatial
+    /// mean), max (spatial max), l2_normalize (over channels), flatten. Layers
+    /// without spatial axes are written as they are for mean and max.
+    #[arg(long)]
     apply: Option<String>,
+    /// Preprocessing of image inputs: unit ([0, 1]), imagenet, efficientnet-lite.
+    /// Images of the model's input size are used as they are; others are resized
+    /// (and centre-cropped for square inputs).
+    #[arg(long, default_value = "unit")]
     preprocess: String,
+    /// safetensors, npy (.npz archives of .npy) or parquet (a path column and a
+    /// list<float> column per layer). Default: from --out's extension, else safetensors.
+    #[arg(long)]
     format: Option<String>,
+    /// Continue an unfinished run in the --out directory (same inputs and
+    /// options); complete shards are kept, the rest is computed.
+    #[arg(long)]
     resume: bool,
+    /// Process only the K-th of N disjoint parts (1 <= K <= N), e.g. 3/8; give
+    /// the N jobs the same inputs and options, and each its own --out.
+    #[arg(long, value_name = "K/N")]
     shard: Option<String>,
+    /// Inputs per output shard (default: up to 1024, fewer for large layers so
+    /// that a shard stays under 256 MiB).
+    #[arg(long)]
     shard_rows: Option<usize>,
+    /// Stop at the first unreadable image (default: warn, skip it, list it at the end).
+    #[arg(long)]
     strict: bool,
+    /// Image decoding threads (default: half the cores).
+    #[arg(long)]
     jobs: Option<usize>,
 }
 

@@ -1,46 +1,16 @@
 //! The `layerlens` binary end to end: each command writes what it says, and bad
 //! input is one line on stderr, a non-zero exit, and no output file.
 
+mod common;
+
+use common::{fashion_picture, layerlens, s, scratch};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn layerlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_layerlens"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("layerlens-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A real Fashion-MNIST test image (an ankle boot) as a PNG.
 fn boot_png(dir: &Path) -> PathBuf {
     let d = layerlens::data::embedded_fashion_mnist(layerlens::data::Split::Test).unwrap();
-    let px: Vec<u8> = d
-        .images
-        .get(0)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| (v * 255.0).round() as u8)
-        .collect();
     let p = dir.join("boot.png");
-    image::GrayImage::from_raw(28, 28, px)
-        .unwrap()
-        .save(&p)
-        .unwrap();
+    fashion_picture(&d, 0).save(&p).unwrap();
     p
 }
 

@@ -2,29 +2,14 @@
 //! SIGKILL, `--shard K/N`, unreadable images, the three formats. Each test runs
 //! the real binary on real Fashion-MNIST images written as PNG files.
 
+mod common;
+
+use common::{fashion_picture, layerlens, s, scratch};
 use layerlens::candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn layerlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_layerlens"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("layerlens-ds-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// The first `n` embedded Fashion-MNIST test images as 28x28 PNGs in one
 /// sub-folder per class, plus `bad.png`, a file that is not an image.
@@ -33,23 +18,11 @@ fn image_dir(root: &Path, n: usize) -> PathBuf {
     let d = layerlens::data::embedded_fashion_mnist(layerlens::data::Split::Test).unwrap();
     let count = d.labels.len();
     for i in 0..n {
-        let px: Vec<u8> = d
-            .images
-            .get(i % count)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| (v * 255.0).round() as u8)
-            .collect();
         let class =
             layerlens::data::FASHION_CLASSES[d.labels[i % count] as usize].replace('/', "-");
         let sub = dir.join(class);
         std::fs::create_dir_all(&sub).unwrap();
-        image::GrayImage::from_raw(28, 28, px)
-            .unwrap()
+        fashion_picture(&d, i % count)
             .save(sub.join(format!("{i:05}.png")))
             .unwrap();
     }

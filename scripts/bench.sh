@@ -4,7 +4,9 @@
 # and ONNX Runtime (scripts/bench/reference.py) on the same ResNet-18 weights,
 # the same inputs' shapes and the same thread count. Prints a markdown table
 # (medians of $REPS runs, peak RSS per case) for docs/performance.md.
-# Usage: scripts/bench.sh            THREADS=2 REPS=20 CASES=a,b (optional filter)
+# The layerlens side runs once per kernel path in $ISAS (default: every path
+# this CPU supports above portable, e.g. "avx512 avx2"), through LAYERLENS_ISA.
+# Usage: scripts/bench.sh            THREADS=2 REPS=20 CASES=a,b ISAS="avx2" (optional)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
@@ -13,11 +15,17 @@ DIR=${LAYERLENS_BENCH_DIR:-$HOME/.cache/layerlens/bench}
 PY=${LAYERLENS_REF_ENV:-$HOME/.cache/layerlens/refenv}/bin/python
 OUT=$(mktemp)
 trap 'rm -f "$OUT"' EXIT
-if [ -x "$PY" ] && [ ! -f "$DIR/resnet18.onnx" ]; then
+if [ -x "$PY" ] && [ ! -f "$DIR/mobilenet_v2.onnx" ]; then
   "$PY" scripts/bench/reference.py prepare "$DIR" >&2
 fi
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc) cores, threads=$THREADS, $(date -u +%F), commit $(git rev-parse --short HEAD)"
-cargo bench -q -p layerlens --bench harness -- "$DIR" 2>/dev/null | tee -a "$OUT"
+cargo bench -q -p layerlens --bench harness --no-run 2>/dev/null
+if [ -z "${ISAS:-}" ]; then
+  ISAS=$(grep -q avx512f /proc/cpuinfo && echo "avx512 avx2" || echo "avx2")
+fi
+for isa in $ISAS; do
+  LAYERLENS_ISA=$isa cargo bench -q -p layerlens --bench harness -- "$DIR" 2>/dev/null | tee -a "$OUT"
+done
 if [ -x "$PY" ]; then
   "$PY" scripts/bench/reference.py run "$DIR" 2>/dev/null | tee -a "$OUT"
 else
@@ -34,8 +42,11 @@ for line in open(sys.argv[1]):
     if "versions" in r:
         versions = r["versions"]
         continue
+    if "machine" in r:
+        print(f"# {r['machine']}")
+        continue
     rows.setdefault(r["case"], {})[r["framework"]] = r
-fws = ["layerlens", "layerlens (ONNX import)", "pytorch", "onnxruntime"]
+fws = sorted({f for r in rows.values() for f in r if f.startswith("layerlens")}, reverse=True) + ["pytorch", "onnxruntime"]
 print()
 print("| case | " + " | ".join(f"{f} ms (peak MB)" for f in fws) + " |")
 print("|---|" + "---:|" * len(fws))

@@ -6,7 +6,9 @@
 
 `prepare` writes DIR/resnet18.safetensors (torchvision names, seeded init with
 non-trivial batch-norm statistics) and DIR/resnet18.onnx (opset 17), so that
-layerlens, PyTorch and ONNX Runtime run the same weights. `run` prints one JSON
+layerlens, PyTorch and ONNX Runtime run the same weights; and DIR/resnet50.onnx,
+DIR/mobilenet_v2.onnx (same seeding, opset 17, dynamic batch), which layerlens
+runs through its ONNX importer. `run` prints one JSON
 object per case and framework: {"case", "framework", "median_ms", "min_ms",
 "peak_rss_mb"}; peak RSS is the process's high-water mark while the case ran
 (reset through /proc/self/clear_refs before each case). Threads: $THREADS
@@ -27,11 +29,19 @@ REPS = int(os.environ.get("REPS", "20"))
 torch.set_num_threads(THREADS)
 torch.set_num_interop_threads(1)
 TAPS = ["layer1", "layer2", "layer3", "layer4"]
+# Batch-16 cases, run by layerlens through its ONNX importer.
+BIG = {"resnet50": torchvision.models.resnet50, "mobilenet_v2": torchvision.models.mobilenet_v2}
+BIG_CASE = {"resnet50": "resnet50_onnx_b16", "mobilenet_v2": "mobilenetv2_onnx_b16"}
 
 
 def resnet18():
+    return seeded(torchvision.models.resnet18)
+
+
+def seeded(ctor):
+    """A torchvision model with seeded weights and non-trivial batch-norm statistics."""
     torch.manual_seed(0)
-    m = torchvision.models.resnet18(weights=None)
+    m = ctor(weights=None)
     g = torch.Generator().manual_seed(1)
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
@@ -65,7 +75,14 @@ def prepare(out):
         input_names=["input"], output_names=["logits"],
         dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False,
     )
-    print(f"wrote {out}/resnet18.safetensors and resnet18.onnx (torch {torch.__version__})")
+    for name, ctor in BIG.items():
+        torch.onnx.export(
+            seeded(ctor), (x,), os.path.join(out, f"{name}.onnx"), opset_version=17,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False,
+        )
+    print(f"wrote {out}/resnet18.safetensors, resnet18.onnx, "
+          f"{', '.join(n + '.onnx' for n in BIG)} (torch {torch.__version__})")
 
 
 def peak_reset():
@@ -116,6 +133,10 @@ def torch_cases():
         timed("resnet18_taps4_b1", "pytorch", lambda: m(x1))
         for h in hs:
             h.remove()
+        x16 = torch.randn(16, 3, 224, 224)
+        for name, ctor in BIG.items():
+            big = seeded(ctor)
+            timed(BIG_CASE[name], "pytorch", lambda: big(x16), reps=max(5, REPS // 4))
     # Training: one step (forward, cross-entropy, backward, Adam), as layerlens' harness.
     def train_step(model, x, y, opt):
         opt.zero_grad(set_to_none=True)
@@ -165,6 +186,13 @@ def ort_cases(d):
     onnx_utils.extract_model(path, taps, ["input"], [tap_names[t] for t in TAPS])
     t4 = ort.InferenceSession(taps, so, providers=["CPUExecutionProvider"])
     timed("resnet18_taps4_b1", "onnxruntime", lambda: t4.run(None, {"input": x1}))
+    x16 = torch.randn(16, 3, 224, 224).numpy()
+    for name in BIG:
+        p = os.path.join(d, f"{name}.onnx")
+        if os.path.exists(p):
+            big = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+            timed(BIG_CASE[name], "onnxruntime", lambda: big.run(None, {"input": x16}),
+                  reps=max(5, REPS // 4))
     print(json.dumps({"versions": {"torch": torch.__version__, "onnxruntime": ort.__version__,
                                    "threads": THREADS}}), flush=True)
 

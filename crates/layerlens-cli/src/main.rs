@@ -1,7 +1,7 @@
 //! The `layerlens` command line: a thin layer over the `layerlens` library.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use layerlens::data::{embedded_fashion_mnist, Split, FASHION_CLASSES};
 use layerlens::extract::OutputFormat;
 use layerlens::lambda::{CustomOp, L2Normalize, Reduce};
@@ -182,8 +182,32 @@ enum Command {
     Extract(ExtractArgs),
 }
 
+/// The version line: the crate version and the kernels' instruction-set path
+/// (what `LAYERLENS_ISA` chose, or the best the CPU has).
+fn version() -> String {
+    use layerlens::kernels::isa::{self, Isa};
+    format!(
+        "{} (kernels: {}; CPU supports: {})",
+        env!("CARGO_PKG_VERSION"),
+        isa::process_isa(),
+        Isa::supported()
+            .iter()
+            .map(|i| i.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 fn main() {
-    let cli = Cli::parse();
+    // A kernel path the CPU lacks (or a typo) is refused before anything runs.
+    if let Err(e) = layerlens::kernels::isa::Isa::from_env() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    // clap takes a 'static version string; this one is built once per process.
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let r = match cli.command {
         Command::Demo { out } => demo(&out),
         Command::Summary { model } => load_model(&model).map(|m| println!("{}", m.summary())),

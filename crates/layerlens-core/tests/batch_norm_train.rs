@@ -1,8 +1,8 @@
 //! Training-mode batch norm (output, input gradient, weight and bias gradients,
 //! running statistics) against PyTorch autograd in float64
 //! (tests/fixtures/batch_norm/gen_bn_grads.py), through the model API, on both
-//! CPU paths: layerlens' kernel (`KernelPath::Fast`) and the composed candle ops
-//! (`KernelPath::Candle`). Shapes: `(N, C)`, `(N, C, H, W)` with `N = 1` and with
+//! CPU paths: layerlens' kernel (`KernelPath::Fast`) on every instruction-set path
+//! the CPU supports, and the composed candle ops (`KernelPath::Candle`). Shapes: `(N, C)`, `(N, C, H, W)` with `N = 1` and with
 //! `H·W = 1`, odd sizes, no affine parameters, PyTorch and Keras eps/momentum, a
 //! channel mean far from 0.
 //!
@@ -14,7 +14,7 @@ mod common;
 
 use candle_core::Var;
 use common::{assert_close, fixture, Tol, F32};
-use layerlens_core::kernels::{self, with_kernel_path, KernelPath};
+use layerlens_core::kernels;
 use layerlens_core::prelude::*;
 use std::collections::HashMap;
 
@@ -117,12 +117,12 @@ fn check_running_stats(c: &Case, model: &Model, what: &str) {
 }
 
 #[test]
-fn both_paths_match_pytorch_output_gradients_and_running_stats() {
+fn every_cpu_path_matches_pytorch_output_gradients_and_running_stats() {
     let fx = fixture("batch_norm/bn_grads.safetensors");
-    for path in [KernelPath::Fast, KernelPath::Candle] {
+    for path in kernels::cpu_paths() {
         for c in cases(&fx) {
-            let what = format!("{path:?} {}", c.name);
-            let (y, grads, model) = with_kernel_path(path, || train_step(&c));
+            let what = format!("{path} {}", c.name);
+            let (y, grads, model) = kernels::with_cpu_path(path, || train_step(&c));
             assert_close(&y, &c.get("y"), F32, &format!("{what} y"));
             let names = ["dx", "dweight", "dbias"];
             for (g, k) in grads.iter().zip(names) {

@@ -10,6 +10,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{assert_close, fixture, Tol, F32};
 use layerlens_core::kernels::conv::FusedActivation;
+use layerlens_core::kernels::isa::{with_isa, Isa};
 use layerlens_core::kernels::{self, ChannelAffine, ConvParams, KernelPath};
 use std::collections::HashMap;
 
@@ -91,25 +92,25 @@ fn candle_backward_breaks(c: &Case) -> bool {
 }
 
 #[test]
-fn fast_and_candle_paths_match_pytorch_forward_and_gradients() {
+fn every_cpu_path_matches_pytorch_forward_and_gradients() {
     let fx = fixture("conv/conv_grads.safetensors");
     let mut candle_checked = 0;
-    for path in [KernelPath::Fast, KernelPath::Candle] {
+    for path in kernels::cpu_paths() {
         for c in cases(&fx) {
-            if path == KernelPath::Candle {
+            if path.kernels == KernelPath::Candle {
                 // candle's kernel takes square strides only.
                 if c.p.stride[0] != c.p.stride[1] {
                     continue;
                 }
                 if candle_backward_breaks(&c) {
-                    let e = kernels::with_kernel_path(path, || run(&c)).unwrap_err();
+                    let e = kernels::with_cpu_path(path, || run(&c)).unwrap_err();
                     assert!(e.to_string().contains("shape mismatch"), "{e}");
                     continue;
                 }
                 candle_checked += 1;
             }
-            let what = |t: &str| format!("{:?} {} {t}", path, c.name);
-            let (y, dx, dw) = kernels::with_kernel_path(path, || run(&c)).unwrap();
+            let what = |t: &str| format!("{path} {} {t}", c.name);
+            let (y, dx, dw) = kernels::with_cpu_path(path, || run(&c)).unwrap();
             assert_close(&y, &fx[&format!("{}/y", c.name)], F32, &what("y"));
             assert_close(&dx, &fx[&format!("{}/dx", c.name)], F32, &what("dx"));
             assert_close(&dw, &fx[&format!("{}/dw", c.name)], GRAD, &what("dw"));
@@ -119,10 +120,15 @@ fn fast_and_candle_paths_match_pytorch_forward_and_gradients() {
 }
 
 #[test]
-fn fused_epilogue_matches_the_unfused_ops() {
+fn fused_epilogue_matches_the_unfused_ops_on_every_isa() {
     let fx = fixture("conv/conv_grads.safetensors");
-    for c in cases(&fx) {
-        let y = kernels::conv2d(&c.x, &c.w, &c.p).unwrap();
+    for (isa, c) in Isa::supported()
+        .into_iter()
+        .flat_map(|isa| cases(&fx).into_iter().map(move |c| (isa, c)))
+    {
+        // The unfused reference on the same path (the GEMM's summation order
+        // differs between paths).
+        let y = with_isa(isa, || kernels::conv2d(&c.x, &c.w, &c.p)).unwrap();
         let co = y.dim(1).unwrap();
         let scale: Vec<f32> = (0..co).map(|i| 0.5 + 0.25 * i as f32).collect();
         let shift: Vec<f32> = (0..co).map(|i| 0.1 * i as f32 - 0.3).collect();
@@ -140,10 +146,11 @@ fn fused_epilogue_matches_the_unfused_ops() {
             scale: Some(scale),
             shift: Some(shift),
         };
-        let got =
+        let got = with_isa(isa, || {
             kernels::conv2d_fused(&c.x, &c.w, &c.p, affine, Some(&c.dy), FusedActivation::Relu)
-                .unwrap();
-        assert_close(&got, &want, F32, &c.name);
+        })
+        .unwrap();
+        assert_close(&got, &want, F32, &format!("{isa} {}", c.name));
     }
 }
 
@@ -217,24 +224,27 @@ fn fused_bias_activation_gradients_match_composed_candle_ops() {
                 let g = |v: &Var| grads.get(v.as_tensor()).expect("grad").clone();
                 Ok(vec![y.clone(), g(&x), g(&w), g(&bv)])
             };
-            let fast = kernels::with_kernel_path(KernelPath::Fast, run).unwrap();
             let plain = kernels::with_kernel_path(KernelPath::Candle, run).unwrap();
-            for (i, what) in ["y", "dx", "dw", "db"].iter().enumerate() {
-                // Two float32 summation orders over up to 288 terms of size ~1.
-                let tol = if i >= 2 {
-                    GRAD
-                } else {
-                    Tol {
-                        atol: 5e-5,
-                        rtol: 1e-4,
-                    }
-                };
-                assert_close(
-                    &fast[i],
-                    &plain[i],
-                    tol,
-                    &format!("{} {act:?} {what}", c.name),
-                );
+            for isa in Isa::supported() {
+                let fast = with_isa(isa, || kernels::with_kernel_path(KernelPath::Fast, run));
+                let fast = fast.unwrap();
+                for (i, what) in ["y", "dx", "dw", "db"].iter().enumerate() {
+                    // Two float32 summation orders over up to 288 terms of size ~1.
+                    let tol = if i >= 2 {
+                        GRAD
+                    } else {
+                        Tol {
+                            atol: 5e-5,
+                            rtol: 1e-4,
+                        }
+                    };
+                    assert_close(
+                        &fast[i],
+                        &plain[i],
+                        tol,
+                        &format!("{isa} {} {act:?} {what}", c.name),
+                    );
+                }
             }
             checked += 1;
         }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_close, fixture, F32};
-use layerlens_core::kernels::{with_kernel_path, KernelPath};
+use layerlens_core::kernels::{cpu_paths, with_cpu_path};
 use layerlens_core::ops::PoolKind;
 use layerlens_core::prelude::*;
 use std::collections::HashMap;
@@ -45,6 +45,12 @@ impl Case<'_> {
 
 #[test]
 fn convolutions_match_pytorch() {
+    for path in cpu_paths() {
+        with_cpu_path(path, convolution_cases);
+    }
+}
+
+fn convolution_cases() {
     let fx = fixture("ops/ops.safetensors");
     let c = |name| Case { fx: &fx, name };
     c("conv_basic").check("conv", Conv2d::new(5, 3), Mode::Eval);
@@ -122,8 +128,8 @@ fn batch_norm_eval_and_train_match_pytorch() {
 
 #[test]
 fn pooling_matches_pytorch() {
-    for path in [KernelPath::Fast, KernelPath::Candle] {
-        with_kernel_path(path, pooling_cases);
+    for path in cpu_paths() {
+        with_cpu_path(path, pooling_cases);
     }
 }
 
@@ -164,8 +170,8 @@ fn activations_and_dense_match_pytorch() {
 /// layerlens' workarounds for its backward (still what runs on CUDA).
 #[test]
 fn pooling_gradients_match_pytorch() {
-    for path in [KernelPath::Fast, KernelPath::Candle] {
-        with_kernel_path(path, pooling_gradient_cases);
+    for path in cpu_paths() {
+        with_cpu_path(path, pooling_gradient_cases);
     }
 }
 

@@ -68,9 +68,13 @@ fn timed(reps: usize, mut f: impl FnMut() -> layerlens::Result<()>) -> layerlens
     })
 }
 
+/// Prints one case's JSON line; the framework is labelled with the kernels'
+/// instruction-set path (`layerlens [avx512]`), so runs under different
+/// `LAYERLENS_ISA` values sit side by side in one table.
 fn report(case: &str, framework: &str, t: &Timing, extra: &str) {
+    let isa = layerlens::kernels::isa::process_isa();
     println!(
-        "{{\"case\": \"{case}\", \"framework\": \"{framework}\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"peak_rss_mb\": {:.1}{extra}}}",
+        "{{\"case\": \"{case}\", \"framework\": \"{framework} [{isa}]\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"peak_rss_mb\": {:.1}{extra}}}",
         t.median, t.min, t.peak_mb
     );
 }
@@ -114,12 +118,14 @@ fn train_step(
     Ok(())
 }
 
-const CASES: [&str; 8] = [
+const CASES: [&str; 10] = [
     "resnet18_full_b1",
     "resnet18_full_b8",
     "resnet18_layer2_b1",
     "resnet18_taps4_b1",
     "resnet18_onnx_full_b1",
+    "resnet50_onnx_b16",
+    "mobilenetv2_onnx_b16",
     "seed_cnn_forward_b64",
     "seed_cnn_train_b64",
     "resnet18_train_b8",
@@ -141,6 +147,26 @@ fn main() -> layerlens::Result<()> {
         let case = args.get(i + 1).map(String::as_str).unwrap_or("");
         return run_case(case, dir.as_deref());
     }
+    // A header line: the CPU and the kernels' path (bench.sh prints it).
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!(
+        "{{\"machine\": {{\"cpu\": \"{cpu}\", \"isa\": \"{}\", \"supported\": \"{}\", \"threads\": \"{}\"}}}}",
+        layerlens::kernels::isa::process_isa(),
+        layerlens::kernels::isa::Isa::supported()
+            .iter()
+            .map(|i| i.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into())
+    );
     let only: Option<Vec<String>> = std::env::var("CASES")
         .ok()
         .map(|s| s.split(',').map(str::to_string).collect());
@@ -233,6 +259,21 @@ fn run_case(case: &str, dir: Option<&Path>) -> layerlens::Result<()> {
             let x = x1()?;
             let t = timed(reps, || onnx.forward(&[x.clone()]).map(|_| ()))?;
             report("resnet18_full_b1", "layerlens (ONNX import)", &t, "");
+            return Ok(());
+        }
+        "resnet50_onnx_b16" | "mobilenetv2_onnx_b16" => {
+            let file = if case.starts_with("resnet50") {
+                "resnet50.onnx"
+            } else {
+                "mobilenet_v2.onnx"
+            };
+            let Some(path) = dir.map(|d| d.join(file)).filter(|p| p.exists()) else {
+                return Ok(());
+            };
+            let onnx = layerlens::onnx::import(path)?;
+            let x = Tensor::randn(0f32, 1f32, (16, 3, 224, 224), &dev)?;
+            let t = timed((reps / 4).max(5), || onnx.forward(&[x.clone()]).map(|_| ()))?;
+            report(case, "layerlens (ONNX import)", &t, "");
             return Ok(());
         }
         "seed_cnn_forward_b64" => {

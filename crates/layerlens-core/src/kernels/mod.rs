@@ -8,9 +8,7 @@
 //! tests check one path against the other. Training-mode batch normalisation
 //! ([`batch_norm_train`]) follows the same switch.
 
-pub mod batch_norm;
-pub mod conv;
-pub mod pool;
+pub use layerlens_kernels::{batch_norm, conv, elementwise, isa, pool};
 
 use crate::ops::padding::pad_hw;
 use batch_norm::{BatchStats, BnGeometry};
@@ -18,7 +16,6 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use conv::{ConvGeometry, Epilogue, FusedActivation};
 use pool::PoolGeometry;
-use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -67,6 +64,50 @@ pub fn with_kernel_path<R>(path: KernelPath, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(before);
     f()
+}
+
+/// One CPU configuration: whose kernels, and on which instruction-set path
+/// (the ISA matters for layerlens' kernels only; candle's follow its own
+/// detection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuPath {
+    /// layerlens' kernels or candle's.
+    pub kernels: KernelPath,
+    /// The instruction-set path of layerlens' kernels.
+    pub isa: isa::Isa,
+}
+
+impl std::fmt::Display for CpuPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kernels {
+            KernelPath::Fast => write!(f, "layerlens/{}", self.isa),
+            KernelPath::Candle => f.write_str("candle"),
+        }
+    }
+}
+
+/// Every CPU configuration this machine can run: layerlens' kernels on each
+/// instruction-set path the CPU supports (portable up to the best), then
+/// candle's. The numeric tests run each, so a lower path stays tested on a
+/// machine that would never pick it.
+pub fn cpu_paths() -> Vec<CpuPath> {
+    let mut paths: Vec<CpuPath> = isa::Isa::supported()
+        .into_iter()
+        .map(|isa| CpuPath {
+            kernels: KernelPath::Fast,
+            isa,
+        })
+        .collect();
+    paths.push(CpuPath {
+        kernels: KernelPath::Candle,
+        isa: isa::Isa::detected(),
+    });
+    paths
+}
+
+/// Runs `f` on this thread with `path`'s kernels and instruction set.
+pub fn with_cpu_path<R>(path: CpuPath, f: impl FnOnce() -> R) -> R {
+    isa::with_isa(path.isa, || with_kernel_path(path.kernels, f))
 }
 
 /// The CPU kernels in use on this thread.
@@ -404,23 +445,8 @@ impl CustomOp2 for ActivationMask {
         yl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (dy, y) = (slice(dys, dyl)?, slice(ys, yl)?);
-        let pass: fn(f32, f32, f32) -> bool = match self.0 {
-            FusedActivation::None => |_, _, _| true,
-            FusedActivation::Relu => |y, _, _| y > 0.0,
-            FusedActivation::Clip(..) => |y, lo, hi| y > lo && y < hi,
-        };
-        let (lo, hi) = match self.0 {
-            FusedActivation::Clip(lo, hi) => (lo, hi),
-            _ => (0.0, 0.0),
-        };
         let mut dz = vec![0f32; dy.len()];
-        dz.par_chunks_mut(1 << 14)
-            .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-            .for_each(|(dz, (dy, y))| {
-                for ((d, &g), &v) in dz.iter_mut().zip(dy).zip(y) {
-                    *d = if pass(v, lo, hi) { g } else { 0.0 };
-                }
-            });
+        elementwise::activation_mask(self.0, dy, y, &mut dz);
         Ok((CpuStorage::F32(dz), dyl.shape().clone()))
     }
 }
@@ -438,19 +464,7 @@ impl CustomOp1 for ChannelSum {
             candle_core::bail!("channel sum expects NCHW, got {:?}", l.dims())
         };
         let v = slice(s, l)?;
-        let hw = h * w;
-        let sums: Vec<f32> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                (0..n)
-                    .map(|i| {
-                        v[(i * c + ch) * hw..(i * c + ch + 1) * hw]
-                            .iter()
-                            .sum::<f32>()
-                    })
-                    .sum()
-            })
-            .collect();
+        let sums = elementwise::channel_sums(v, n, c, h * w);
         Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
 }

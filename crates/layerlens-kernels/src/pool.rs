@@ -5,6 +5,8 @@
 //! Max pooling's backward recomputes each window's first maximum (PyTorch's tie
 //! rule) instead of storing indices, so the forward allocates only its output.
 
+use crate::isa::{self, Isa};
+use crate::multiversion;
 use rayon::prelude::*;
 
 /// A pooling's sizes; `pads` are `[top, bottom, left, right]`.
@@ -51,7 +53,7 @@ impl PoolGeometry {
     }
 
     /// The input rows and columns window `(oy, ox)` covers, clipped to the input.
-    #[inline]
+    #[inline(always)]
     fn window(&self, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         let clip = |o: usize, s: usize, k: usize, pad: usize, size: usize| {
             let start = (o * s) as isize - pad as isize;
@@ -66,7 +68,7 @@ impl PoolGeometry {
 }
 
 /// The flat index (within a plane) of the first maximum of window `(oy, ox)`.
-#[inline]
+#[inline(always)]
 fn argmax(g: &PoolGeometry, plane: &[f32], oy: usize, ox: usize) -> Option<usize> {
     let (rows, cols) = g.window(oy, ox);
     let mut best: Option<(usize, f32)> = None;
@@ -82,41 +84,86 @@ fn argmax(g: &PoolGeometry, plane: &[f32], oy: usize, ox: usize) -> Option<usize
     best.map(|(i, _)| i)
 }
 
+multiversion! {
+    fn max_pool_plane(g: &PoolGeometry, x_p: &[f32], y_p: &mut [f32]) {
+        let (oh, ow) = g.out_hw().expect("validated geometry");
+        for oy in 0..oh {
+            for ox in 0..ow {
+                y_p[oy * ow + ox] = argmax(g, x_p, oy, ox).map_or(f32::NEG_INFINITY, |i| x_p[i]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn max_pool_plane_backward(g: &PoolGeometry, x_p: &[f32], dy_p: &[f32], dx_p: &mut [f32]) {
+        let (oh, ow) = g.out_hw().expect("validated geometry");
+        dx_p.fill(0.0);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                if let Some(i) = argmax(g, x_p, oy, ox) {
+                    dx_p[i] += dy_p[oy * ow + ox];
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn avg_pool_plane(g: &PoolGeometry, x_p: &[f32], y_p: &mut [f32], count_include_pad: bool) {
+        let (oh, ow) = g.out_hw().expect("validated geometry");
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (rows, cols) = g.window(oy, ox);
+                let mut s = 0.0f32;
+                for r in rows {
+                    s += x_p[r * g.w + cols.start..r * g.w + cols.end].iter().sum::<f32>();
+                }
+                y_p[oy * ow + ox] = s / divisor(g, oy, ox, count_include_pad);
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn avg_pool_plane_backward(g: &PoolGeometry, dy_p: &[f32], dx_p: &mut [f32], count_include_pad: bool) {
+        let (oh, ow) = g.out_hw().expect("validated geometry");
+        dx_p.fill(0.0);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (rows, cols) = g.window(oy, ox);
+                let v = dy_p[oy * ow + ox] / divisor(g, oy, ox, count_include_pad);
+                for r in rows {
+                    for d in &mut dx_p[r * g.w + cols.start..r * g.w + cols.end] {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Max pooling: `y` is NCHW of the output size.
 pub fn max_pool_forward(g: &PoolGeometry, x: &[f32], y: &mut [f32]) {
     let (oh, ow) = g.out_hw().expect("validated geometry");
-    let hw = g.h * g.w;
+    let isa: Isa = isa::active();
     y.par_chunks_mut(oh * ow)
-        .zip(x.par_chunks(hw))
-        .for_each(|(y_p, x_p)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    y_p[oy * ow + ox] =
-                        argmax(g, x_p, oy, ox).map_or(f32::NEG_INFINITY, |i| x_p[i]);
-                }
-            }
-        });
+        .zip(x.par_chunks(g.h * g.w))
+        .for_each(|(y_p, x_p)| max_pool_plane(isa, g, x_p, y_p));
 }
 
 /// Max pooling's input gradient: each window's gradient goes to its first maximum.
 pub fn max_pool_backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (oh, ow) = g.out_hw().expect("validated geometry");
     let hw = g.h * g.w;
+    let isa = isa::active();
     dx.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
         .zip(dy.par_chunks(oh * ow))
-        .for_each(|((dx_p, x_p), dy_p)| {
-            dx_p.fill(0.0);
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    if let Some(i) = argmax(g, x_p, oy, ox) {
-                        dx_p[i] += dy_p[oy * ow + ox];
-                    }
-                }
-            }
-        });
+        .for_each(|((dx_p, x_p), dy_p)| max_pool_plane_backward(isa, g, x_p, dy_p, dx_p));
 }
 
+#[inline(always)]
 fn divisor(g: &PoolGeometry, oy: usize, ox: usize, count_include_pad: bool) -> f32 {
     if count_include_pad {
         (g.kernel[0] * g.kernel[1]) as f32
@@ -129,45 +176,19 @@ fn divisor(g: &PoolGeometry, oy: usize, ox: usize, count_include_pad: bool) -> f
 /// Average pooling.
 pub fn avg_pool_forward(g: &PoolGeometry, x: &[f32], y: &mut [f32], count_include_pad: bool) {
     let (oh, ow) = g.out_hw().expect("validated geometry");
-    let hw = g.h * g.w;
+    let isa = isa::active();
     y.par_chunks_mut(oh * ow)
-        .zip(x.par_chunks(hw))
-        .for_each(|(y_p, x_p)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (rows, cols) = g.window(oy, ox);
-                    let mut s = 0.0f32;
-                    for r in rows {
-                        s += x_p[r * g.w + cols.start..r * g.w + cols.end]
-                            .iter()
-                            .sum::<f32>();
-                    }
-                    y_p[oy * ow + ox] = s / divisor(g, oy, ox, count_include_pad);
-                }
-            }
-        });
+        .zip(x.par_chunks(g.h * g.w))
+        .for_each(|(y_p, x_p)| avg_pool_plane(isa, g, x_p, y_p, count_include_pad));
 }
 
 /// Average pooling's input gradient.
 pub fn avg_pool_backward(g: &PoolGeometry, dy: &[f32], dx: &mut [f32], count_include_pad: bool) {
     let (oh, ow) = g.out_hw().expect("validated geometry");
-    let hw = g.h * g.w;
-    dx.par_chunks_mut(hw)
+    let isa = isa::active();
+    dx.par_chunks_mut(g.h * g.w)
         .zip(dy.par_chunks(oh * ow))
-        .for_each(|(dx_p, dy_p)| {
-            dx_p.fill(0.0);
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (rows, cols) = g.window(oy, ox);
-                    let v = dy_p[oy * ow + ox] / divisor(g, oy, ox, count_include_pad);
-                    for r in rows {
-                        for d in &mut dx_p[r * g.w + cols.start..r * g.w + cols.end] {
-                            *d += v;
-                        }
-                    }
-                }
-            }
-        });
+        .for_each(|(dx_p, dy_p)| avg_pool_plane_backward(isa, g, dy_p, dx_p, count_include_pad));
 }
 
 #[cfg(test)]
@@ -176,6 +197,12 @@ mod tests {
 
     #[test]
     fn max_pool_with_padding_ties_and_gradient() {
+        for isa in crate::isa::Isa::supported() {
+            crate::isa::with_isa(isa, max_pool_with_padding_ties_and_gradient_on_this_path);
+        }
+    }
+
+    fn max_pool_with_padding_ties_and_gradient_on_this_path() {
         // One 3x4 plane, 2x2 windows, stride 2, one row of padding at the bottom.
         let g = PoolGeometry {
             batch: 1,
@@ -203,6 +230,12 @@ mod tests {
 
     #[test]
     fn avg_pool_counts_padding_as_asked() {
+        for isa in crate::isa::Isa::supported() {
+            crate::isa::with_isa(isa, avg_pool_counts_padding_as_asked_on_this_path);
+        }
+    }
+
+    fn avg_pool_counts_padding_as_asked_on_this_path() {
         let g = PoolGeometry {
             batch: 1,
             c: 1,

@@ -9,8 +9,13 @@
 //! channel per group) run as direct loops, where a GEMM with one row would be
 //! starved. Work is split across samples when the batch covers the thread pool,
 //! and inside the GEMM (and im2col) otherwise.
+//!
+//! Every entry point reads the kernel path ([`isa::active`]) once and runs the
+//! GEMM and its own loops (im2col, col2im, depthwise, epilogue) on it.
 
-use gemm::{gemm, Parallelism};
+use crate::gemm::{matmul, parallelism as gemm_parallelism};
+use crate::isa::{self, Isa};
+use crate::multiversion;
 use rayon::prelude::*;
 
 /// Everything about a convolution's sizes; `pads` are `[top, bottom, left, right]`.
@@ -121,17 +126,6 @@ pub enum FusedActivation {
     Clip(f32, f32),
 }
 
-impl FusedActivation {
-    #[inline(always)]
-    fn apply(self, v: f32) -> f32 {
-        match self {
-            FusedActivation::None => v,
-            FusedActivation::Relu => v.max(0.0),
-            FusedActivation::Clip(lo, hi) => v.max(lo).min(hi),
-        }
-    }
-}
-
 /// What happens to each output value right after the GEMM, while it is still in
 /// cache: `act(y · scale[c] + shift[c] + residual)`. A folded batch norm is
 /// `scale`/`shift`, a bias is `shift`, a ResNet skip connection is `residual`.
@@ -166,26 +160,14 @@ impl Epilogue<'_> {
     /// Applies the epilogue to `plane`, the values of output channel `c` of sample
     /// `n`, which start at `offset` in the whole output.
     #[inline]
-    fn plane(&self, plane: &mut [f32], c: usize, offset: usize) {
+    fn plane(&self, isa: Isa, plane: &mut [f32], c: usize, offset: usize) {
         let s = self.scale.map_or(1.0, |s| s[c]);
         let t = self.shift.map_or(0.0, |t| t[c]);
-        let act = self.act;
-        match self.residual {
-            Some(r) => {
-                let r = &r[offset..offset + plane.len()];
-                for (v, &r) in plane.iter_mut().zip(r) {
-                    *v = act.apply(*v * s + t + r);
-                }
-            }
-            None => {
-                for v in plane.iter_mut() {
-                    *v = act.apply(*v * s + t);
-                }
-            }
-        }
+        let r = self.residual.map(|r| &r[offset..offset + plane.len()]);
+        epilogue_plane(isa, plane, s, t, r, self.act);
     }
 
-    fn sample(&self, y_n: &mut [f32], n: usize, ohw: usize, parallel: bool) {
+    fn sample(&self, isa: Isa, y_n: &mut [f32], n: usize, ohw: usize, parallel: bool) {
         if self.is_identity() {
             return;
         }
@@ -193,26 +175,51 @@ impl Epilogue<'_> {
         if parallel && threads() > 1 {
             y_n.par_chunks_mut(ohw)
                 .enumerate()
-                .for_each(|(c, plane)| self.plane(plane, c, n * per_sample + c * ohw));
+                .for_each(|(c, plane)| self.plane(isa, plane, c, n * per_sample + c * ohw));
         } else {
             for (c, plane) in y_n.chunks_mut(ohw).enumerate() {
-                self.plane(plane, c, n * per_sample + c * ohw);
+                self.plane(isa, plane, c, n * per_sample + c * ohw);
             }
+        }
+    }
+}
+
+/// `v = act(v · s + t + r)` over a plane, with `act` hoisted out of the loop.
+#[inline(always)]
+fn affine_act(
+    plane: &mut [f32],
+    s: f32,
+    t: f32,
+    residual: Option<&[f32]>,
+    act: impl Fn(f32) -> f32,
+) {
+    match residual {
+        Some(r) => {
+            for (v, &r) in plane.iter_mut().zip(r) {
+                *v = act(*v * s + t + r);
+            }
+        }
+        None => {
+            for v in plane.iter_mut() {
+                *v = act(*v * s + t);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// One plane of an [`Epilogue`]: `act(v · s + t + residual)`.
+    fn epilogue_plane(plane: &mut [f32], s: f32, t: f32, residual: Option<&[f32]>, act: FusedActivation) {
+        match act {
+            FusedActivation::None => affine_act(plane, s, t, residual, |v| v),
+            FusedActivation::Relu => affine_act(plane, s, t, residual, |v| v.max(0.0)),
+            FusedActivation::Clip(lo, hi) => affine_act(plane, s, t, residual, move |v| v.max(lo).min(hi)),
         }
     }
 }
 
 fn threads() -> usize {
     rayon::current_num_threads().max(1)
-}
-
-fn gemm_parallelism(parallel: bool) -> Parallelism {
-    let t = threads();
-    if parallel && t > 1 {
-        Parallelism::Rayon(t)
-    } else {
-        Parallelism::None
-    }
 }
 
 /// The range of output columns `ox` whose input column `ox·stride + off` lies
@@ -234,16 +241,12 @@ fn valid_cols(ow: usize, w: usize, stride: usize, off: isize) -> (usize, usize) 
     (lo, hi.max(lo))
 }
 
-/// Writes the im2col matrix `[c·kh·kw, oh·ow]` of one group's input `x_g`
-/// (`[c, h, w]`) into `col`.
-fn im2col(g: &ConvGeometry, x_g: &[f32], col: &mut [f32], parallel: bool) {
-    let (oh, ow) = g.out_hw().expect("validated geometry");
-    let (h, w) = (g.h, g.w);
-    let row_len = oh * ow;
-    let per_channel = g.kh * g.kw * row_len;
-    let fill = |c: usize, rows: &mut [f32]| {
-        let x_c = &x_g[c * h * w..(c + 1) * h * w];
-        for (r, row) in rows.chunks_mut(row_len).enumerate() {
+multiversion! {
+    /// The `kh·kw` im2col rows of one input channel `x_c` (`[h, w]`).
+    fn im2col_channel(g: &ConvGeometry, x_c: &[f32], rows: &mut [f32]) {
+        let (oh, ow) = g.out_hw().expect("validated geometry");
+        let (h, w) = (g.h, g.w);
+        for (r, row) in rows.chunks_mut(oh * ow).enumerate() {
             let (i, j) = (r / g.kw, r % g.kw);
             let off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
             let (lo, hi) = valid_cols(ow, w, g.stride[1], off);
@@ -266,29 +269,15 @@ fn im2col(g: &ConvGeometry, x_g: &[f32], col: &mut [f32], parallel: bool) {
                 }
             }
         }
-    };
-    let col = &mut col[..g.cin_g() * per_channel];
-    if parallel && threads() > 1 && g.cin_g() > 1 {
-        col.par_chunks_mut(per_channel)
-            .enumerate()
-            .for_each(|(c, rows)| fill(c, rows));
-    } else {
-        for (c, rows) in col.chunks_mut(per_channel).enumerate() {
-            fill(c, rows);
-        }
     }
 }
 
-/// Adds the im2col-shaped gradient `dcol` back onto one group's input gradient
-/// `dx_g` (`[c, h, w]`): the adjoint of [`im2col`].
-fn col2im_add(g: &ConvGeometry, dcol: &[f32], dx_g: &mut [f32], parallel: bool) {
-    let (oh, ow) = g.out_hw().expect("validated geometry");
-    let (h, w) = (g.h, g.w);
-    let row_len = oh * ow;
-    let per_channel = g.kh * g.kw * row_len;
-    let add = |c: usize, dx_c: &mut [f32]| {
-        let rows = &dcol[c * per_channel..(c + 1) * per_channel];
-        for (r, row) in rows.chunks(row_len).enumerate() {
+multiversion! {
+    /// Adds one input channel's `kh·kw` im2col-shaped gradient rows onto `dx_c`.
+    fn col2im_channel(g: &ConvGeometry, rows: &[f32], dx_c: &mut [f32]) {
+        let (oh, ow) = g.out_hw().expect("validated geometry");
+        let (h, w) = (g.h, g.w);
+        for (r, row) in rows.chunks(oh * ow).enumerate() {
             let (i, j) = (r / g.kw, r % g.kw);
             let off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
             let (lo, hi) = valid_cols(ow, w, g.stride[1], off);
@@ -310,71 +299,40 @@ fn col2im_add(g: &ConvGeometry, dcol: &[f32], dx_g: &mut [f32], parallel: bool) 
                 }
             }
         }
-    };
-    let dx_g = &mut dx_g[..g.cin_g() * h * w];
+    }
+}
+
+/// Writes the im2col matrix `[c·kh·kw, oh·ow]` of one group's input `x_g`
+/// (`[c, h, w]`) into `col`.
+fn im2col(isa: Isa, g: &ConvGeometry, x_g: &[f32], col: &mut [f32], parallel: bool) {
+    let hw = g.h * g.w;
+    let per_channel = g.kh * g.kw * g.ohw();
+    let col = &mut col[..g.cin_g() * per_channel];
     if parallel && threads() > 1 && g.cin_g() > 1 {
-        dx_g.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(c, dx_c)| add(c, dx_c));
+        col.par_chunks_mut(per_channel)
+            .zip(x_g.par_chunks(hw))
+            .for_each(|(rows, x_c)| im2col_channel(isa, g, x_c, rows));
     } else {
-        for (c, dx_c) in dx_g.chunks_mut(h * w).enumerate() {
-            add(c, dx_c);
+        for (rows, x_c) in col.chunks_mut(per_channel).zip(x_g.chunks(hw)) {
+            im2col_channel(isa, g, x_c, rows);
         }
     }
 }
 
-/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with explicit row/column strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
-            }
+/// Adds the im2col-shaped gradient `dcol` back onto one group's input gradient
+/// `dx_g` (`[c, h, w]`): the adjoint of [`im2col`].
+fn col2im_add(isa: Isa, g: &ConvGeometry, dcol: &[f32], dx_g: &mut [f32], parallel: bool) {
+    let hw = g.h * g.w;
+    let per_channel = g.kh * g.kw * g.ohw();
+    let dx_g = &mut dx_g[..g.cin_g() * hw];
+    if parallel && threads() > 1 && g.cin_g() > 1 {
+        dx_g.par_chunks_mut(hw)
+            .zip(dcol.par_chunks(per_channel))
+            .for_each(|(dx_c, rows)| col2im_channel(isa, g, rows, dx_c));
+    } else {
+        for (dx_c, rows) in dx_g.chunks_mut(hw).zip(dcol.chunks(per_channel)) {
+            col2im_channel(isa, g, rows, dx_c);
         }
-        return;
-    }
-    // The extents checked here are what the unsafe call reads and writes.
-    assert!(dst.len() > (m - 1) * dst_rs + (n - 1));
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts above bound every index the GEMM touches; the three
-    // buffers are distinct Rust borrows, so `dst` does not alias the operands.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
     }
 }
 
@@ -398,8 +356,9 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
     if let Some(r) = ep.residual {
         assert_eq!(r.len(), yl, "residual length");
     }
+    let isa = isa::active();
     if g.depthwise() {
-        return depthwise_forward(g, x, w, ep, y);
+        return depthwise_forward(isa, g, x, w, ep, y);
     }
     let x_per = g.c_in * g.h * g.w;
     let y_per = g.c_out * ohw;
@@ -413,10 +372,11 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
             let rhs: &[f32] = if g.pointwise() {
                 x_g
             } else {
-                im2col(g, x_g, col, inner_parallel);
+                im2col(isa, g, x_g, col, inner_parallel);
                 col
             };
             matmul(
+                isa,
                 (cout_g, ohw, k_len),
                 &mut y_n[grp * cout_g * ohw..(grp + 1) * cout_g * ohw],
                 ohw,
@@ -428,7 +388,7 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
                 gemm_parallelism(inner_parallel),
             );
         }
-        ep.sample(y_n, n, ohw, inner_parallel);
+        ep.sample(isa, y_n, n, ohw, inner_parallel);
     };
     if per_sample_parallel(g) {
         y.par_chunks_mut(y_per)
@@ -445,7 +405,7 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
 /// Walks the taps of a depthwise convolution for one input/output plane pair,
 /// calling `f(out_row_range, in_row, out_row, weight_index, stride, offset)` for
 /// every kernel tap and output row that reads a real (unpadded) input row.
-#[inline]
+#[inline(always)]
 fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize, isize, usize, usize)) {
     let (oh, ow) = g.out_hw().expect("validated geometry");
     for i in 0..g.kh {
@@ -463,16 +423,11 @@ fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize, isize, 
     }
 }
 
-fn depthwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
-    let (oh, ow) = g.out_hw().expect("validated geometry");
-    let (hw, ohw, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
-    let mult = g.cout_g();
-    let sw = g.stride[1];
-    y.par_chunks_mut(ohw).enumerate().for_each(|(plane, y_p)| {
-        let (n, oc) = (plane / g.c_out, plane % g.c_out);
-        let ic = oc / mult;
-        let x_p = &x[(n * g.c_in + ic) * hw..(n * g.c_in + ic + 1) * hw];
-        let w_k = &w[oc * kk..(oc + 1) * kk];
+multiversion! {
+    /// One output plane of a depthwise convolution: `y_p = Σ_taps w · x_p(shifted)`.
+    fn depthwise_plane(g: &ConvGeometry, x_p: &[f32], w_k: &[f32], y_p: &mut [f32]) {
+        let ow = g.out_hw().expect("validated geometry").1;
+        let sw = g.stride[1];
         y_p.fill(0.0);
         for_each_tap(g, |tap, oy, iy, off, lo, hi| {
             let wv = w_k[tap];
@@ -489,7 +444,26 @@ fn depthwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: &
                 }
             }
         });
-        ep.plane(y_p, oc, plane * ohw);
+    }
+}
+
+fn depthwise_forward(
+    isa: Isa,
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    ep: &Epilogue,
+    y: &mut [f32],
+) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let (hw, ohw, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
+    let mult = g.cout_g();
+    y.par_chunks_mut(ohw).enumerate().for_each(|(plane, y_p)| {
+        let (n, oc) = (plane / g.c_out, plane % g.c_out);
+        let ic = oc / mult;
+        let x_p = &x[(n * g.c_in + ic) * hw..(n * g.c_in + ic + 1) * hw];
+        depthwise_plane(isa, g, x_p, &w[oc * kk..(oc + 1) * kk], y_p);
+        ep.plane(isa, y_p, oc, plane * ohw);
     });
 }
 
@@ -502,8 +476,9 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
         "conv2d slice lengths"
     );
     dx.fill(0.0);
+    let isa = isa::active();
     if g.depthwise() {
-        return depthwise_backward_input(g, dy, w, dx);
+        return depthwise_backward_input(isa, g, dy, w, dx);
     }
     let x_per = g.c_in * g.h * g.w;
     let y_per = g.c_out * ohw;
@@ -518,6 +493,7 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
             // W_gᵀ [k_len, cout_g] · dy_g [cout_g, ohw]
             if g.pointwise() {
                 matmul(
+                    isa,
                     (k_len, ohw, cout_g),
                     dx_g,
                     ohw,
@@ -531,6 +507,7 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
             } else {
                 dcol.resize(k_len * ohw, 0.0);
                 matmul(
+                    isa,
                     (k_len, ohw, cout_g),
                     dcol,
                     ohw,
@@ -541,7 +518,7 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
                     (ohw, 1),
                     par,
                 );
-                col2im_add(g, dcol, dx_g, inner_parallel);
+                col2im_add(isa, g, dcol, dx_g, inner_parallel);
             }
         }
     };
@@ -557,32 +534,40 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
     }
 }
 
-fn depthwise_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+multiversion! {
+    /// Adds one output plane's gradient `dy_p`, through kernel `w_k`, onto the
+    /// input plane's gradient `dx_p`.
+    fn depthwise_plane_backward(g: &ConvGeometry, dy_p: &[f32], w_k: &[f32], dx_p: &mut [f32]) {
+        let ow = g.out_hw().expect("validated geometry").1;
+        let sw = g.stride[1];
+        for_each_tap(g, |tap, oy, iy, off, lo, hi| {
+            let wv = w_k[tap];
+            let src = &dy_p[oy * ow..(oy + 1) * ow];
+            let dst = &mut dx_p[iy * g.w..(iy + 1) * g.w];
+            if sw == 1 {
+                let s0 = (lo as isize + off) as usize;
+                for (d, &s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                    *d += wv * s;
+                }
+            } else {
+                for (ox, &s) in src.iter().enumerate().take(hi).skip(lo) {
+                    dst[((ox * sw) as isize + off) as usize] += wv * s;
+                }
+            }
+        });
+    }
+}
+
+fn depthwise_backward_input(isa: Isa, g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (oh, ow) = g.out_hw().expect("validated geometry");
     let (hw, ohw, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
     let mult = g.cout_g();
-    let sw = g.stride[1];
     dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dx_p)| {
         let (n, ic) = (plane / g.c_in, plane % g.c_in);
         for q in 0..mult {
             let oc = ic * mult + q;
             let dy_p = &dy[(n * g.c_out + oc) * ohw..(n * g.c_out + oc + 1) * ohw];
-            let w_k = &w[oc * kk..(oc + 1) * kk];
-            for_each_tap(g, |tap, oy, iy, off, lo, hi| {
-                let wv = w_k[tap];
-                let src = &dy_p[oy * ow..(oy + 1) * ow];
-                let dst = &mut dx_p[iy * g.w..(iy + 1) * g.w];
-                if sw == 1 {
-                    let s0 = (lo as isize + off) as usize;
-                    for (d, &s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                        *d += wv * s;
-                    }
-                } else {
-                    for (ox, &s) in src.iter().enumerate().take(hi).skip(lo) {
-                        dst[((ox * sw) as isize + off) as usize] += wv * s;
-                    }
-                }
-            });
+            depthwise_plane_backward(isa, g, dy_p, &w[oc * kk..(oc + 1) * kk], dx_p);
         }
     });
 }
@@ -596,8 +581,9 @@ pub fn conv2d_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut 
         x.len() == xl && dw.len() == wl && dy.len() == yl,
         "conv2d slice lengths"
     );
+    let isa = isa::active();
     if g.depthwise() {
-        return depthwise_backward_weight(g, x, dy, dw);
+        return depthwise_backward_weight(isa, g, x, dy, dw);
     }
     let x_per = g.c_in * g.h * g.w;
     let y_per = g.c_out * ohw;
@@ -615,11 +601,12 @@ pub fn conv2d_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut 
                     x_g
                 } else {
                     col.resize(k_len * ohw, 0.0);
-                    im2col(g, x_g, &mut col, inner_parallel);
+                    im2col(isa, g, x_g, &mut col, inner_parallel);
                     &col
                 };
                 // dy_g [cout_g, ohw] · colᵀ [ohw, k_len]
                 matmul(
+                    isa,
                     (cout_g, k_len, ohw),
                     &mut acc[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
                     k_len,
@@ -655,7 +642,7 @@ pub fn conv2d_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut 
     }
 }
 
-fn depthwise_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+fn depthwise_backward_weight(_isa: Isa, g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (oh, ow) = g.out_hw().expect("validated geometry");
     let (hw, ohw, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
     let mult = g.cout_g();
@@ -816,6 +803,12 @@ mod tests {
 
     #[test]
     fn forward_matches_the_definition() {
+        for isa in crate::isa::Isa::supported() {
+            crate::isa::with_isa(isa, forward_matches_the_definition_on_this_path);
+        }
+    }
+
+    fn forward_matches_the_definition_on_this_path() {
         for g in geometries() {
             g.validate().unwrap();
             let (xl, wl, yl) = g.lens();
@@ -834,6 +827,15 @@ mod tests {
 
     #[test]
     fn epilogue_applies_scale_shift_residual_and_activation() {
+        for isa in crate::isa::Isa::supported() {
+            crate::isa::with_isa(
+                isa,
+                epilogue_applies_scale_shift_residual_and_activation_on_this_path,
+            );
+        }
+    }
+
+    fn epilogue_applies_scale_shift_residual_and_activation_on_this_path() {
         let g = geometries()[0];
         let (xl, wl, yl) = g.lens();
         let (x, w, r) = (values(xl, 3), values(wl, 4), values(yl, 5));
@@ -860,6 +862,15 @@ mod tests {
     /// `<conv(x, w), dy> = <x, dx(dy, w)> = <w, dw(x, dy)>`.
     #[test]
     fn gradients_are_the_adjoints_of_the_forward_map() {
+        for isa in crate::isa::Isa::supported() {
+            crate::isa::with_isa(
+                isa,
+                gradients_are_the_adjoints_of_the_forward_map_on_this_path,
+            );
+        }
+    }
+
+    fn gradients_are_the_adjoints_of_the_forward_map_on_this_path() {
         for g in geometries() {
             let (xl, wl, yl) = g.lens();
             let (x, w, dy) = (values(xl, 6), values(wl, 7), values(yl, 8));

@@ -14,6 +14,8 @@
 //! `dx = weight · inv_std / M · (M·dy - Σ dy - x̂ · Σ dy·x̂)`, the full gradient
 //! (through the batch mean and variance too).
 
+use crate::isa;
+use crate::multiversion;
 use rayon::prelude::*;
 
 /// Elements summed in f32 before the partial sum joins the f64 total.
@@ -164,6 +166,43 @@ fn channel_moments(g: &BnGeometry, x: &[f32], c: usize) -> (f64, f64) {
     (mean, var)
 }
 
+multiversion! {
+    /// Normalises channel `ch` into its output runs; returns its `(mean, variance)`.
+    fn forward_channel(
+        g: &BnGeometry,
+        x: &[f32],
+        ch: usize,
+        y_runs: Vec<&mut [f32]>,
+        weight: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        eps: f64,
+        relu: bool,
+    ) -> (f64, f64) {
+    let (mean, var) = channel_moments(g, x, ch);
+    let inv_std = 1.0 / (var + eps).sqrt();
+    let w = weight.map_or(1.0, |w| w[ch] as f64);
+    let b = bias.map_or(0.0, |b| b[ch] as f64);
+    // y = (x - m32) · scale + shift, with m32 the f32 mean (exact
+    // subtraction near the mean) and `shift` absorbing its rounding.
+    let m32 = mean as f32;
+    let scale = w * inv_std;
+    let shift = (b - (mean - m32 as f64) * scale) as f32;
+    let scale = scale as f32;
+    for (xr, yr) in channel_runs(g, x, ch).zip(y_runs) {
+        if relu {
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = ((v - m32) * scale + shift).max(0.0);
+            }
+        } else {
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = (v - m32) * scale + shift;
+            }
+        }
+    }
+    (mean, var)
+    }
+}
+
 /// Forward in training mode: normalises `x` (`(N, C, S)`, `g.len()` elements) with
 /// its batch statistics, applies `weight`/`bias` (one per channel; `None`: 1 and
 /// 0) and, if `relu`, `max(·, 0)`, writing `y`. Returns the statistics.
@@ -189,36 +228,90 @@ pub fn batch_norm_train_forward(
             var: vec![f64::NAN; c],
         };
     }
+    let isa = isa::active();
     let moments: Vec<(f64, f64)> = runs_by_channel(g, y)
         .into_par_iter()
         .enumerate()
-        .map(|(ch, y_runs)| {
-            let (mean, var) = channel_moments(g, x, ch);
-            let inv_std = 1.0 / (var + eps).sqrt();
-            let w = weight.map_or(1.0, |w| w[ch] as f64);
-            let b = bias.map_or(0.0, |b| b[ch] as f64);
-            // y = (x - m32) · scale + shift, with m32 the f32 mean (exact
-            // subtraction near the mean) and `shift` absorbing its rounding.
-            let m32 = mean as f32;
-            let scale = w * inv_std;
-            let shift = (b - (mean - m32 as f64) * scale) as f32;
-            let scale = scale as f32;
-            for (xr, yr) in channel_runs(g, x, ch).zip(y_runs) {
-                if relu {
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = ((v - m32) * scale + shift).max(0.0);
-                    }
-                } else {
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = (v - m32) * scale + shift;
-                    }
-                }
-            }
-            (mean, var)
-        })
+        .map(|(ch, y_runs)| forward_channel(isa, g, x, ch, y_runs, weight, bias, eps, relu))
         .collect();
     let (mean, var) = moments.into_iter().unzip();
     BatchStats { mean, var }
+}
+
+multiversion! {
+    /// Channel `ch` of the backward: writes its input gradient runs when given and
+    /// returns `(Σ dz·x̂, Σ dz)`.
+    fn backward_channel(
+        g: &BnGeometry,
+        x: &[f32],
+        dy: &[f32],
+        relu_out: Option<&[f32]>,
+        stats: &BatchStats,
+        weight: Option<&[f32]>,
+        eps: f64,
+        ch: usize,
+        dx_runs: Option<Vec<&mut [f32]>>,
+    ) -> (f32, f32) {
+        let c = g.channels;
+        let m = g.per_channel() as f64;
+    let mean = stats.mean[ch];
+    let inv_std = stats.inv_std(ch, eps);
+    let m32 = mean as f32;
+    let d = mean - m32 as f64;
+    // The forward output's run `run` (for the ReLU mask).
+    let out_run = |run: usize| {
+        relu_out.map(|y| &y[(run * c + ch) * g.spatial..(run * c + ch + 1) * g.spatial])
+    };
+    let (mut sdy, mut sdyx) = (0f64, 0f64);
+    for (run, (xr, dyr)) in channel_runs(g, x, ch)
+        .zip(channel_runs(g, dy, ch))
+        .enumerate()
+    {
+        match out_run(run) {
+            Some(yr) => {
+                // The gradient that reaches the normalisation.
+                let dz = |i: usize| if yr[i] > 0.0 { dyr[i] } else { 0.0 };
+                sdy += block_sum(xr.len(), dz);
+                sdyx += block_sum(xr.len(), |i| dz(i) * (xr[i] - m32));
+            }
+            None => {
+                sdy += block_sum(xr.len(), |i| dyr[i]);
+                sdyx += block_sum(xr.len(), |i| dyr[i] * (xr[i] - m32));
+            }
+        }
+    }
+    // Σ dz·x̂ = inv_std · Σ dz·(x - mean), with x - mean = (x - m32) - d.
+    let sdxhat = inv_std * (sdyx - d * sdy);
+    if let Some(dx_runs) = dx_runs {
+        // dx = a·dz + b·(x - m32) + k: a = w·inv_std,
+        // b = -a·inv_std·Σdz·x̂ / M, k = -a·Σdz / M - b·d.
+        let w = weight.map_or(1.0, |w| w[ch] as f64);
+        let a = w * inv_std;
+        let b = -a * inv_std * sdxhat / m;
+        let k = (-a * sdy / m - b * d) as f32;
+        let (a, b) = (a as f32, b as f32);
+        for (run, ((xr, dyr), dxr)) in channel_runs(g, x, ch)
+            .zip(channel_runs(g, dy, ch))
+            .zip(dx_runs)
+            .enumerate()
+        {
+            match out_run(run) {
+                Some(yr) => {
+                    for (((o, &gv), &xv), &yv) in dxr.iter_mut().zip(dyr).zip(xr).zip(yr) {
+                        let dz = if yv > 0.0 { gv } else { 0.0 };
+                        *o = a * dz + b * (xv - m32) + k;
+                    }
+                }
+                None => {
+                    for ((o, &gv), &xv) in dxr.iter_mut().zip(dyr).zip(xr) {
+                        *o = a * gv + b * (xv - m32) + k;
+                    }
+                }
+            }
+        }
+    }
+    (sdxhat as f32, sdy as f32)
+    }
 }
 
 /// Backward of [`batch_norm_train_forward`]: from the input `x`, the upstream
@@ -252,7 +345,6 @@ pub fn batch_norm_train_backward(
             dbias: vec![0.0; c],
         };
     }
-    let m = g.per_channel() as f64;
     let dx_runs: Vec<Option<Vec<&mut [f32]>>> = match dx {
         Some(dx) => {
             assert_eq!(dx.len(), g.len());
@@ -260,67 +352,12 @@ pub fn batch_norm_train_backward(
         }
         None => (0..c).map(|_| None).collect(),
     };
+    let isa = isa::active();
     let sums: Vec<(f32, f32)> = dx_runs
         .into_par_iter()
         .enumerate()
         .map(|(ch, dx_runs)| {
-            let mean = stats.mean[ch];
-            let inv_std = stats.inv_std(ch, eps);
-            let m32 = mean as f32;
-            let d = mean - m32 as f64;
-            // The forward output's run `run` (for the ReLU mask).
-            let out_run = |run: usize| {
-                relu_out.map(|y| &y[(run * c + ch) * g.spatial..(run * c + ch + 1) * g.spatial])
-            };
-            let (mut sdy, mut sdyx) = (0f64, 0f64);
-            for (run, (xr, dyr)) in channel_runs(g, x, ch)
-                .zip(channel_runs(g, dy, ch))
-                .enumerate()
-            {
-                match out_run(run) {
-                    Some(yr) => {
-                        // The gradient that reaches the normalisation.
-                        let dz = |i: usize| if yr[i] > 0.0 { dyr[i] } else { 0.0 };
-                        sdy += block_sum(xr.len(), dz);
-                        sdyx += block_sum(xr.len(), |i| dz(i) * (xr[i] - m32));
-                    }
-                    None => {
-                        sdy += block_sum(xr.len(), |i| dyr[i]);
-                        sdyx += block_sum(xr.len(), |i| dyr[i] * (xr[i] - m32));
-                    }
-                }
-            }
-            // Σ dz·x̂ = inv_std · Σ dz·(x - mean), with x - mean = (x - m32) - d.
-            let sdxhat = inv_std * (sdyx - d * sdy);
-            if let Some(dx_runs) = dx_runs {
-                // dx = a·dz + b·(x - m32) + k: a = w·inv_std,
-                // b = -a·inv_std·Σdz·x̂ / M, k = -a·Σdz / M - b·d.
-                let w = weight.map_or(1.0, |w| w[ch] as f64);
-                let a = w * inv_std;
-                let b = -a * inv_std * sdxhat / m;
-                let k = (-a * sdy / m - b * d) as f32;
-                let (a, b) = (a as f32, b as f32);
-                for (run, ((xr, dyr), dxr)) in channel_runs(g, x, ch)
-                    .zip(channel_runs(g, dy, ch))
-                    .zip(dx_runs)
-                    .enumerate()
-                {
-                    match out_run(run) {
-                        Some(yr) => {
-                            for (((o, &gv), &xv), &yv) in dxr.iter_mut().zip(dyr).zip(xr).zip(yr) {
-                                let dz = if yv > 0.0 { gv } else { 0.0 };
-                                *o = a * dz + b * (xv - m32) + k;
-                            }
-                        }
-                        None => {
-                            for ((o, &gv), &xv) in dxr.iter_mut().zip(dyr).zip(xr) {
-                                *o = a * gv + b * (xv - m32) + k;
-                            }
-                        }
-                    }
-                }
-            }
-            (sdxhat as f32, sdy as f32)
+            backward_channel(isa, g, x, dy, relu_out, stats, weight, eps, ch, dx_runs)
         })
         .collect();
     let (dweight, dbias) = sums.into_iter().unzip();
@@ -408,6 +445,12 @@ mod tests {
 
     #[test]
     fn forward_and_backward_match_the_definition() {
+        for isa in crate::isa::Isa::supported() {
+            crate::isa::with_isa(isa, forward_and_backward_match_the_definition_on_this_path);
+        }
+    }
+
+    fn forward_and_backward_match_the_definition_on_this_path() {
         let cases = [
             (
                 BnGeometry {
@@ -484,6 +527,12 @@ mod tests {
 
     #[test]
     fn statistics_survive_a_large_offset() {
+        for isa in crate::isa::Isa::supported() {
+            crate::isa::with_isa(isa, statistics_survive_a_large_offset_on_this_path);
+        }
+    }
+
+    fn statistics_survive_a_large_offset_on_this_path() {
         // Mean 1000, standard deviation ~0.58: E[x²] - E[x]² in f32 would lose it all.
         let g = BnGeometry {
             batch: 4,

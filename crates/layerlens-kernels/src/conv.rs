@@ -13,9 +13,10 @@
 //! Every entry point reads the kernel path ([`isa::active`]) once and runs the
 //! GEMM and its own loops (im2col, col2im, depthwise, epilogue) on it.
 
-use crate::gemm::{matmul, parallelism as gemm_parallelism};
+use crate::gemm::{matmul, matmul_raw, parallelism as gemm_parallelism};
 use crate::isa::{self, Isa};
 use crate::multiversion;
+use crate::scratch::with_scratch;
 use rayon::prelude::*;
 
 /// Everything about a convolution's sizes; `pads` are `[top, bottom, left, right]`.
@@ -224,8 +225,8 @@ fn threads() -> usize {
 
 /// The range of output columns `ox` whose input column `ox·stride + off` lies
 /// inside `[0, w)`.
-#[inline]
-fn valid_cols(ow: usize, w: usize, stride: usize, off: isize) -> (usize, usize) {
+#[inline(always)]
+pub(crate) fn valid_cols(ow: usize, w: usize, stride: usize, off: isize) -> (usize, usize) {
     let lo = if off >= 0 {
         0
     } else {
@@ -242,15 +243,16 @@ fn valid_cols(ow: usize, w: usize, stride: usize, off: isize) -> (usize, usize) 
 }
 
 multiversion! {
-    /// The `kh·kw` im2col rows of one input channel `x_c` (`[h, w]`).
-    fn im2col_channel(g: &ConvGeometry, x_c: &[f32], rows: &mut [f32]) {
-        let (oh, ow) = g.out_hw().expect("validated geometry");
+    /// The `kh·kw` im2col rows of one input channel `x_c` (`[h, w]`), for output
+    /// rows `oy0..oy1` (each im2col row is `(oy1 - oy0)·ow` long).
+    fn im2col_channel(g: &ConvGeometry, x_c: &[f32], rows: &mut [f32], oy0: usize, oy1: usize) {
+        let ow = g.out_hw().expect("validated geometry").1;
         let (h, w) = (g.h, g.w);
-        for (r, row) in rows.chunks_mut(oh * ow).enumerate() {
+        for (r, row) in rows.chunks_mut((oy1 - oy0) * ow).enumerate() {
             let (i, j) = (r / g.kw, r % g.kw);
             let off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
             let (lo, hi) = valid_cols(ow, w, g.stride[1], off);
-            for (oy, dst) in row.chunks_mut(ow).enumerate() {
+            for (oy, dst) in (oy0..oy1).zip(row.chunks_mut(ow)) {
                 let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pads[0] as isize;
                 if iy < 0 || iy >= h as isize {
                     dst.fill(0.0);
@@ -306,15 +308,16 @@ multiversion! {
 /// (`[c, h, w]`) into `col`.
 fn im2col(isa: Isa, g: &ConvGeometry, x_g: &[f32], col: &mut [f32], parallel: bool) {
     let hw = g.h * g.w;
+    let oh = g.out_hw().expect("validated geometry").0;
     let per_channel = g.kh * g.kw * g.ohw();
     let col = &mut col[..g.cin_g() * per_channel];
     if parallel && threads() > 1 && g.cin_g() > 1 {
         col.par_chunks_mut(per_channel)
             .zip(x_g.par_chunks(hw))
-            .for_each(|(rows, x_c)| im2col_channel(isa, g, x_c, rows));
+            .for_each(|(rows, x_c)| im2col_channel(isa, g, x_c, rows, 0, oh));
     } else {
         for (rows, x_c) in col.chunks_mut(per_channel).zip(x_g.chunks(hw)) {
-            im2col_channel(isa, g, x_c, rows);
+            im2col_channel(isa, g, x_c, rows, 0, oh);
         }
     }
 }
@@ -363,9 +366,8 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
     let x_per = g.c_in * g.h * g.w;
     let y_per = g.c_out * ohw;
     let col_len = if g.pointwise() { 0 } else { g.k_len() * ohw };
-    let run = |n: usize, y_n: &mut [f32], col: &mut Vec<f32>, inner_parallel: bool| {
+    let run = |n: usize, y_n: &mut [f32], col: &mut [f32], inner_parallel: bool| {
         let x_n = &x[n * x_per..(n + 1) * x_per];
-        col.resize(col_len, 0.0);
         let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
         for grp in 0..g.groups {
             let x_g = &x_n[grp * cin_g * g.h * g.w..(grp + 1) * cin_g * g.h * g.w];
@@ -393,13 +395,104 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
     if per_sample_parallel(g) {
         y.par_chunks_mut(y_per)
             .enumerate()
-            .for_each_init(Vec::new, |col, (n, y_n)| run(n, y_n, col, false));
-    } else {
-        let mut col = Vec::new();
+            .for_each(|(n, y_n)| with_scratch(col_len, |col| run(n, y_n, col, false)));
+    } else if threads() > 1 && g.out_hw().expect("validated geometry").0 > 1 {
         for (n, y_n) in y.chunks_mut(y_per).enumerate() {
-            run(n, y_n, &mut col, true);
+            forward_sample_by_rows(isa, g, &x[n * x_per..(n + 1) * x_per], w, ep, n, y_n);
         }
+    } else {
+        with_scratch(col_len, |col| {
+            for (n, y_n) in y.chunks_mut(y_per).enumerate() {
+                run(n, y_n, col, false);
+            }
+        });
     }
+}
+
+/// A raw pointer that may cross threads; each user writes a disjoint part.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used by `forward_sample_by_rows`, whose tasks write disjoint
+// elements of the buffer behind the pointer, which outlives them.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// One sample's forward with the output rows split across the thread pool: each
+/// task builds the im2col block of its rows, multiplies it (single-threaded
+/// GEMM) into its columns of every output channel and applies the epilogue
+/// there. One parallel region per sample, no barrier between im2col and GEMM
+/// (gemm's own splitting left ~15 % of the two workers idle at batch 1).
+fn forward_sample_by_rows(
+    isa: Isa,
+    g: &ConvGeometry,
+    x_n: &[f32],
+    w: &[f32],
+    ep: &Epilogue,
+    n: usize,
+    y_n: &mut [f32],
+) {
+    let (oh, ow) = g.out_hw().expect("validated geometry");
+    let ohw = oh * ow;
+    let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
+    let parts = threads().min(oh);
+    let bounds: Vec<(usize, usize)> = (0..parts)
+        .map(|p| (p * oh / parts, (p + 1) * oh / parts))
+        .filter(|(a, b)| a < b)
+        .collect();
+    assert_eq!(y_n.len(), g.c_out * ohw);
+    let out = SharedOut(y_n.as_mut_ptr());
+    let hw = g.h * g.w;
+    bounds.into_par_iter().for_each(|(r0, r1)| {
+        let out = out;
+        let cols = (r1 - r0) * ow;
+        let col_len = if g.pointwise() { 0 } else { k_len * cols };
+        with_scratch(col_len, |col| {
+            for grp in 0..g.groups {
+                let x_g = &x_n[grp * cin_g * hw..(grp + 1) * cin_g * hw];
+                let (rhs, rhs_rs): (&[f32], usize) = if g.pointwise() {
+                    (&x_g[r0 * ow..], hw)
+                } else {
+                    for (c, x_c) in x_g.chunks(hw).enumerate() {
+                        let per_channel = g.kh * g.kw * cols;
+                        im2col_channel(
+                            isa,
+                            g,
+                            x_c,
+                            &mut col[c * per_channel..(c + 1) * per_channel],
+                            r0,
+                            r1,
+                        );
+                    }
+                    (col, cols)
+                };
+                // SAFETY: rows `grp·cout_g..` of the output, columns
+                // `r0·ow..r1·ow`: inside `y_n`, and this task's alone.
+                unsafe {
+                    matmul_raw(
+                        isa,
+                        (cout_g, cols, k_len),
+                        out.0.add(grp * cout_g * ohw + r0 * ow),
+                        ohw,
+                        false,
+                        &w[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
+                        (k_len, 1),
+                        rhs,
+                        (rhs_rs, 1),
+                        gemm_parallelism(false),
+                    );
+                }
+            }
+        });
+        if !ep.is_identity() {
+            for c in 0..g.c_out {
+                let start = c * ohw + r0 * ow;
+                // SAFETY: this task's columns of channel `c`, written above by
+                // this task only.
+                let block = unsafe { std::slice::from_raw_parts_mut(out.0.add(start), cols) };
+                ep.plane(isa, block, c, n * g.c_out * ohw + start);
+            }
+        }
+    });
 }
 
 /// Walks the taps of a depthwise convolution for one input/output plane pair,
@@ -483,7 +576,9 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
     let x_per = g.c_in * g.h * g.w;
     let y_per = g.c_out * ohw;
     let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
-    let run = |n: usize, dx_n: &mut [f32], dcol: &mut Vec<f32>, inner_parallel: bool| {
+    // dcol is fully written by the GEMM (no accumulation) before col2im reads it.
+    let dcol_len = if g.pointwise() { 0 } else { k_len * ohw };
+    let run = |n: usize, dx_n: &mut [f32], dcol: &mut [f32], inner_parallel: bool| {
         let dy_n = &dy[n * y_per..(n + 1) * y_per];
         for grp in 0..g.groups {
             let dy_g = &dy_n[grp * cout_g * ohw..(grp + 1) * cout_g * ohw];
@@ -505,7 +600,6 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
                     par,
                 );
             } else {
-                dcol.resize(k_len * ohw, 0.0);
                 matmul(
                     isa,
                     (k_len, ohw, cout_g),
@@ -525,12 +619,13 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
     if per_sample_parallel(g) {
         dx.par_chunks_mut(x_per)
             .enumerate()
-            .for_each_init(Vec::new, |dcol, (n, dx_n)| run(n, dx_n, dcol, false));
+            .for_each(|(n, dx_n)| with_scratch(dcol_len, |dcol| run(n, dx_n, dcol, false)));
     } else {
-        let mut dcol = Vec::new();
-        for (n, dx_n) in dx.chunks_mut(x_per).enumerate() {
-            run(n, dx_n, &mut dcol, true);
-        }
+        with_scratch(dcol_len, |dcol| {
+            for (n, dx_n) in dx.chunks_mut(x_per).enumerate() {
+                run(n, dx_n, dcol, true);
+            }
+        });
     }
 }
 
@@ -589,36 +684,37 @@ pub fn conv2d_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut 
     let y_per = g.c_out * ohw;
     let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
     // Accumulates samples `range` into `acc` (the whole kernel's gradient).
+    let col_len = if g.pointwise() { 0 } else { k_len * ohw };
     let run = |range: std::ops::Range<usize>, acc: &mut [f32], inner_parallel: bool| {
-        let mut col = Vec::new();
         let par = gemm_parallelism(inner_parallel);
-        for n in range {
-            let x_n = &x[n * x_per..(n + 1) * x_per];
-            let dy_n = &dy[n * y_per..(n + 1) * y_per];
-            for grp in 0..g.groups {
-                let x_g = &x_n[grp * cin_g * g.h * g.w..(grp + 1) * cin_g * g.h * g.w];
-                let rhs: &[f32] = if g.pointwise() {
-                    x_g
-                } else {
-                    col.resize(k_len * ohw, 0.0);
-                    im2col(isa, g, x_g, &mut col, inner_parallel);
-                    &col
-                };
-                // dy_g [cout_g, ohw] · colᵀ [ohw, k_len]
-                matmul(
-                    isa,
-                    (cout_g, k_len, ohw),
-                    &mut acc[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
-                    k_len,
-                    true,
-                    &dy_n[grp * cout_g * ohw..(grp + 1) * cout_g * ohw],
-                    (ohw, 1),
-                    rhs,
-                    (1, ohw),
-                    par,
-                );
+        with_scratch(col_len, |col| {
+            for n in range {
+                let x_n = &x[n * x_per..(n + 1) * x_per];
+                let dy_n = &dy[n * y_per..(n + 1) * y_per];
+                for grp in 0..g.groups {
+                    let x_g = &x_n[grp * cin_g * g.h * g.w..(grp + 1) * cin_g * g.h * g.w];
+                    let rhs: &[f32] = if g.pointwise() {
+                        x_g
+                    } else {
+                        im2col(isa, g, x_g, col, inner_parallel);
+                        col
+                    };
+                    // dy_g [cout_g, ohw] · colᵀ [ohw, k_len]
+                    matmul(
+                        isa,
+                        (cout_g, k_len, ohw),
+                        &mut acc[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
+                        k_len,
+                        true,
+                        &dy_n[grp * cout_g * ohw..(grp + 1) * cout_g * ohw],
+                        (ohw, 1),
+                        rhs,
+                        (1, ohw),
+                        par,
+                    );
+                }
             }
-        }
+        })
     };
     dw.fill(0.0);
     if per_sample_parallel(g) {

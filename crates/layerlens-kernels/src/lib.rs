@@ -23,5 +23,6 @@ pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod pool;
+mod scratch;
 
 pub use isa::{with_isa, Isa};

@@ -5,6 +5,7 @@
 //! Max pooling's backward recomputes each window's first maximum (PyTorch's tie
 //! rule) instead of storing indices, so the forward allocates only its output.
 
+use crate::conv::valid_cols;
 use crate::isa::{self, Isa};
 use crate::multiversion;
 use rayon::prelude::*;
@@ -85,13 +86,43 @@ fn argmax(g: &PoolGeometry, plane: &[f32], oy: usize, ox: usize) -> Option<usize
 }
 
 multiversion! {
+    /// One plane of max pooling, row by row: each window row's taps are folded
+    /// into the output row with a NaN-sticky maximum, which vectorises across
+    /// output columns (the value equals the first maximum's; NaN wins, as in
+    /// PyTorch; an all-padding window is -inf).
     fn max_pool_plane(g: &PoolGeometry, x_p: &[f32], y_p: &mut [f32]) {
         let (oh, ow) = g.out_hw().expect("validated geometry");
-        for oy in 0..oh {
-            for ox in 0..ow {
-                y_p[oy * ow + ox] = argmax(g, x_p, oy, ox).map_or(f32::NEG_INFINITY, |i| x_p[i]);
+        for (oy, out) in y_p.chunks_mut(ow).enumerate().take(oh) {
+            out.fill(f32::NEG_INFINITY);
+            let (rows, _) = g.window(oy, 0);
+            for r in rows {
+                let row = &x_p[r * g.w..(r + 1) * g.w];
+                for kx in 0..g.kernel[1] {
+                    let off = kx as isize - g.pads[2] as isize;
+                    let (lo, hi) = valid_cols(ow, g.w, g.stride[1], off);
+                    if g.stride[1] == 1 {
+                        let s0 = (lo as isize + off) as usize;
+                        for (o, &v) in out[lo..hi].iter_mut().zip(&row[s0..s0 + hi - lo]) {
+                            *o = sticky_max(*o, v);
+                        }
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                            *o = sticky_max(*o, row[((ox * g.stride[1]) as isize + off) as usize]);
+                        }
+                    }
+                }
             }
         }
+    }
+}
+
+/// `max(acc, v)` where a NaN, once in `acc` or arriving as `v`, stays.
+#[inline(always)]
+fn sticky_max(acc: f32, v: f32) -> f32 {
+    if v > acc || v.is_nan() {
+        v
+    } else {
+        acc
     }
 }
 
@@ -194,6 +225,59 @@ pub fn avg_pool_backward(g: &PoolGeometry, dy: &[f32], dx: &mut [f32], count_inc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The row-wise forward equals each window's first maximum (NaN included)
+    /// over strides, paddings and rectangular windows, on every path.
+    #[test]
+    fn max_pool_forward_equals_the_windows_first_maximum() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..60 {
+            let (kh, kw) = (1 + next() % 4, 1 + next() % 4);
+            let g = PoolGeometry {
+                batch: 1 + next() % 2,
+                c: 1 + next() % 3,
+                h: kh + next() % 9,
+                w: kw + next() % 9,
+                kernel: [kh, kw],
+                stride: [1 + next() % 3, 1 + next() % 3],
+                pads: [next() % kh, next() % kh, next() % kw, next() % kw],
+            };
+            let (xl, yl) = g.lens().unwrap();
+            let x: Vec<f32> = (0..xl)
+                .map(|_| match next() % 23 {
+                    0 => f32::NAN,
+                    v => v as f32 - 11.0,
+                })
+                .collect();
+            let (oh, ow) = g.out_hw().unwrap();
+            let mut want = vec![0f32; yl];
+            for (p, y_p) in want.chunks_mut(oh * ow).enumerate() {
+                let x_p = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        y_p[oy * ow + ox] =
+                            argmax(&g, x_p, oy, ox).map_or(f32::NEG_INFINITY, |i| x_p[i]);
+                    }
+                }
+            }
+            for isa in Isa::supported() {
+                let mut y = vec![0f32; yl];
+                crate::isa::with_isa(isa, || max_pool_forward(&g, &x, &mut y));
+                for (a, b) in y.iter().zip(&want) {
+                    assert!(
+                        a == b || a.is_nan() && b.is_nan(),
+                        "{isa} {g:?}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn max_pool_with_padding_ties_and_gradient() {

@@ -13,9 +13,10 @@
 //! Every entry point reads the kernel path ([`isa::active`]) once and runs the
 //! GEMM and its own loops (im2col, col2im, depthwise, epilogue) on it.
 
-use crate::gemm::{matmul, matmul_raw, parallelism as gemm_parallelism};
+use crate::gemm::{matmul, parallelism as gemm_parallelism};
 use crate::isa::{self, Isa};
 use crate::multiversion;
+use crate::packed::{self, gemm_packed, PackedLhs, RhsSource};
 use crate::scratch::with_scratch;
 use rayon::prelude::*;
 
@@ -166,22 +167,6 @@ impl Epilogue<'_> {
         let t = self.shift.map_or(0.0, |t| t[c]);
         let r = self.residual.map(|r| &r[offset..offset + plane.len()]);
         epilogue_plane(isa, plane, s, t, r, self.act);
-    }
-
-    fn sample(&self, isa: Isa, y_n: &mut [f32], n: usize, ohw: usize, parallel: bool) {
-        if self.is_identity() {
-            return;
-        }
-        let per_sample = y_n.len();
-        if parallel && threads() > 1 {
-            y_n.par_chunks_mut(ohw)
-                .enumerate()
-                .for_each(|(c, plane)| self.plane(isa, plane, c, n * per_sample + c * ohw));
-        } else {
-            for (c, plane) in y_n.chunks_mut(ohw).enumerate() {
-                self.plane(isa, plane, c, n * per_sample + c * ohw);
-            }
-        }
     }
 }
 
@@ -365,178 +350,154 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
     }
     let x_per = g.c_in * g.h * g.w;
     let y_per = g.c_out * ohw;
-    let col_len = if g.pointwise() { 0 } else { g.k_len() * ohw };
-    let run = |n: usize, y_n: &mut [f32], col: &mut [f32], inner_parallel: bool| {
-        let x_n = &x[n * x_per..(n + 1) * x_per];
-        let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
-        for grp in 0..g.groups {
-            let x_g = &x_n[grp * cin_g * g.h * g.w..(grp + 1) * cin_g * g.h * g.w];
-            let rhs: &[f32] = if g.pointwise() {
-                x_g
-            } else {
-                im2col(isa, g, x_g, col, inner_parallel);
-                col
-            };
-            matmul(
-                isa,
-                (cout_g, ohw, k_len),
-                &mut y_n[grp * cout_g * ohw..(grp + 1) * cout_g * ohw],
-                ohw,
-                false,
+    let hw = g.h * g.w;
+    let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
+    // The kernel, packed once per call for every sample and thread.
+    let packed: Vec<PackedLhs> = (0..g.groups)
+        .map(|grp| {
+            PackedLhs::pack(
                 &w[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
-                (k_len, 1),
-                rhs,
-                (ohw, 1),
-                gemm_parallelism(inner_parallel),
-            );
+                cout_g,
+                k_len,
+            )
+        })
+        .collect();
+    let out = SharedOut(y.as_mut_ptr());
+    // Columns `c0..c0 + nc` (output positions) of sample `n`, every group, then
+    // the epilogue on them.
+    let task = |n: usize, c0: usize, nc: usize| {
+        let out = &out;
+        let x_n = &x[n * x_per..(n + 1) * x_per];
+        for (grp, a) in packed.iter().enumerate() {
+            let x_g = &x_n[grp * cin_g * hw..(grp + 1) * cin_g * hw];
+            let src = if g.pointwise() {
+                RhsSource::Matrix {
+                    data: x_g,
+                    row_stride: hw,
+                }
+            } else {
+                RhsSource::Im2col {
+                    geometry: g,
+                    input: x_g,
+                }
+            };
+            // SAFETY: rows `grp·cout_g..` of sample `n`, columns `c0..c0 + nc`:
+            // inside `y`, and written by this task only.
+            unsafe {
+                gemm_packed(
+                    isa,
+                    a,
+                    src,
+                    c0,
+                    nc,
+                    out.0.add(n * y_per + grp * cout_g * ohw),
+                    ohw,
+                    false,
+                )
+            };
         }
-        ep.sample(isa, y_n, n, ohw, inner_parallel);
+        if !ep.is_identity() {
+            for c in 0..g.c_out {
+                let start = n * y_per + c * ohw + c0;
+                // SAFETY: this task's columns of channel `c`, written above by
+                // this task only.
+                let block = unsafe { std::slice::from_raw_parts_mut(out.0.add(start), nc) };
+                ep.plane(isa, block, c, start);
+            }
+        }
     };
     if per_sample_parallel(g) {
-        y.par_chunks_mut(y_per)
-            .enumerate()
-            .for_each(|(n, y_n)| with_scratch(col_len, |col| run(n, y_n, col, false)));
-    } else if threads() > 1 && g.out_hw().expect("validated geometry").0 > 1 {
-        for (n, y_n) in y.chunks_mut(y_per).enumerate() {
-            forward_sample_by_rows(isa, g, &x[n * x_per..(n + 1) * x_per], w, ep, n, y_n);
-        }
+        (0..g.batch).into_par_iter().for_each(|n| task(n, 0, ohw));
     } else {
-        with_scratch(col_len, |col| {
-            for (n, y_n) in y.chunks_mut(y_per).enumerate() {
-                run(n, y_n, col, false);
-            }
-        });
+        // Fewer samples than threads: split each sample's output positions, in
+        // whole micro-tile columns.
+        let nr = packed::nr(isa);
+        let parts = threads().min(ohw.div_ceil(nr)).max(1);
+        let per = ohw.div_ceil(parts).div_ceil(nr) * nr;
+        let ranges: Vec<(usize, usize)> = (0..parts)
+            .map(|p| (p * per, ((p + 1) * per).min(ohw)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        for n in 0..g.batch {
+            ranges.par_iter().for_each(|&(a, b)| task(n, a, b - a));
+        }
     }
 }
 
 /// A raw pointer that may cross threads; each user writes a disjoint part.
-#[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: only used by `forward_sample_by_rows`, whose tasks write disjoint
-// elements of the buffer behind the pointer, which outlives them.
+// SAFETY: only used by `conv2d_forward`, whose tasks write disjoint elements of
+// the buffer behind the pointer, which outlives them.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-/// One sample's forward with the output rows split across the thread pool: each
-/// task builds the im2col block of its rows, multiplies it (single-threaded
-/// GEMM) into its columns of every output channel and applies the epilogue
-/// there. One parallel region per sample, no barrier between im2col and GEMM
-/// (gemm's own splitting left ~15 % of the two workers idle at batch 1).
-fn forward_sample_by_rows(
-    isa: Isa,
-    g: &ConvGeometry,
-    x_n: &[f32],
-    w: &[f32],
-    ep: &Epilogue,
-    n: usize,
-    y_n: &mut [f32],
-) {
-    let (oh, ow) = g.out_hw().expect("validated geometry");
-    let ohw = oh * ow;
-    let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
-    let parts = threads().min(oh);
-    let bounds: Vec<(usize, usize)> = (0..parts)
-        .map(|p| (p * oh / parts, (p + 1) * oh / parts))
-        .filter(|(a, b)| a < b)
-        .collect();
-    assert_eq!(y_n.len(), g.c_out * ohw);
-    let out = SharedOut(y_n.as_mut_ptr());
-    let hw = g.h * g.w;
-    bounds.into_par_iter().for_each(|(r0, r1)| {
-        let out = out;
-        let cols = (r1 - r0) * ow;
-        let col_len = if g.pointwise() { 0 } else { k_len * cols };
-        with_scratch(col_len, |col| {
-            for grp in 0..g.groups {
-                let x_g = &x_n[grp * cin_g * hw..(grp + 1) * cin_g * hw];
-                let (rhs, rhs_rs): (&[f32], usize) = if g.pointwise() {
-                    (&x_g[r0 * ow..], hw)
-                } else {
-                    for (c, x_c) in x_g.chunks(hw).enumerate() {
-                        let per_channel = g.kh * g.kw * cols;
-                        im2col_channel(
-                            isa,
-                            g,
-                            x_c,
-                            &mut col[c * per_channel..(c + 1) * per_channel],
-                            r0,
-                            r1,
-                        );
+/// Walks the taps of a depthwise convolution for one input/output plane pair,
+/// running the body with `(weight_index, out_row, in_row, offset, lo, hi)` bound
+/// for every kernel tap and output row that reads a real (unpadded) input row.
+/// A macro, not a function taking a closure: the body must be compiled inside
+/// the caller's [`multiversion!`] copy (an outlined closure ran without the
+/// path's instructions: 43 % of a MobileNetV2 forward).
+macro_rules! for_each_tap {
+    ($g:expr, |$tap:ident, $oy:ident, $iy:ident, $off:ident, $lo:ident, $hi:ident| $body:block) => {{
+        let g: &ConvGeometry = $g;
+        let (oh, ow) = g.out_hw().expect("validated geometry");
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let $off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
+                let ($lo, $hi) = valid_cols(ow, g.w, g.stride[1], $off);
+                for $oy in 0..oh {
+                    let iy =
+                        (($oy * g.stride[0] + i * g.dilation[0]) as isize) - g.pads[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
                     }
-                    (col, cols)
-                };
-                // SAFETY: rows `grp·cout_g..` of the output, columns
-                // `r0·ow..r1·ow`: inside `y_n`, and this task's alone.
-                unsafe {
-                    matmul_raw(
-                        isa,
-                        (cout_g, cols, k_len),
-                        out.0.add(grp * cout_g * ohw + r0 * ow),
-                        ohw,
-                        false,
-                        &w[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
-                        (k_len, 1),
-                        rhs,
-                        (rhs_rs, 1),
-                        gemm_parallelism(false),
-                    );
+                    let $iy = iy as usize;
+                    let $tap = i * g.kw + j;
+                    $body
                 }
             }
-        });
-        if !ep.is_identity() {
-            for c in 0..g.c_out {
-                let start = c * ohw + r0 * ow;
-                // SAFETY: this task's columns of channel `c`, written above by
-                // this task only.
-                let block = unsafe { std::slice::from_raw_parts_mut(out.0.add(start), cols) };
-                ep.plane(isa, block, c, n * g.c_out * ohw + start);
-            }
         }
-    });
+    }};
 }
 
-/// Walks the taps of a depthwise convolution for one input/output plane pair,
-/// calling `f(out_row_range, in_row, out_row, weight_index, stride, offset)` for
-/// every kernel tap and output row that reads a real (unpadded) input row.
-#[inline(always)]
-fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize, isize, usize, usize)) {
-    let (oh, ow) = g.out_hw().expect("validated geometry");
-    for i in 0..g.kh {
-        for j in 0..g.kw {
-            let off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
-            let (lo, hi) = valid_cols(ow, g.w, g.stride[1], off);
-            for oy in 0..oh {
+multiversion! {
+    /// One output plane of a depthwise convolution: `y_p = Σ_taps w · x_p(shifted)`,
+    /// one output row at a time with every tap folded into it while it is in L1
+    /// (tap by tap over the whole plane went through L2 nine times).
+    fn depthwise_plane(g: &ConvGeometry, x_p: &[f32], w_k: &[f32], y_p: &mut [f32]) {
+        let (oh, ow) = g.out_hw().expect("validated geometry");
+        let sw = g.stride[1];
+        // Per kernel column: its input offset and the output columns it reaches.
+        let cols: Vec<(isize, usize, usize)> = (0..g.kw)
+            .map(|j| {
+                let off = (j * g.dilation[1]) as isize - g.pads[2] as isize;
+                let (lo, hi) = valid_cols(ow, g.w, sw, off);
+                (off, lo, hi)
+            })
+            .collect();
+        for (oy, dst) in y_p.chunks_mut(ow).enumerate().take(oh) {
+            dst.fill(0.0);
+            for i in 0..g.kh {
                 let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pads[0] as isize;
                 if iy < 0 || iy >= g.h as isize {
                     continue;
                 }
-                f(i * g.kw + j, oy, iy as usize, off, lo, hi);
+                let src = &x_p[iy as usize * g.w..(iy as usize + 1) * g.w];
+                for (j, &(off, lo, hi)) in cols.iter().enumerate() {
+                    let wv = w_k[i * g.kw + j];
+                    if sw == 1 {
+                        let s0 = (lo as isize + off) as usize;
+                        for (d, &s) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + hi - lo]) {
+                            *d += wv * s;
+                        }
+                    } else {
+                        for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                            *d += wv * src[((ox * sw) as isize + off) as usize];
+                        }
+                    }
+                }
             }
         }
-    }
-}
-
-multiversion! {
-    /// One output plane of a depthwise convolution: `y_p = Σ_taps w · x_p(shifted)`.
-    fn depthwise_plane(g: &ConvGeometry, x_p: &[f32], w_k: &[f32], y_p: &mut [f32]) {
-        let ow = g.out_hw().expect("validated geometry").1;
-        let sw = g.stride[1];
-        y_p.fill(0.0);
-        for_each_tap(g, |tap, oy, iy, off, lo, hi| {
-            let wv = w_k[tap];
-            let src = &x_p[iy * g.w..(iy + 1) * g.w];
-            let dst = &mut y_p[oy * ow..(oy + 1) * ow];
-            if sw == 1 {
-                let s0 = (lo as isize + off) as usize;
-                for (d, &s) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + hi - lo]) {
-                    *d += wv * s;
-                }
-            } else {
-                for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
-                    *d += wv * src[((ox * sw) as isize + off) as usize];
-                }
-            }
-        });
     }
 }
 
@@ -635,7 +596,7 @@ multiversion! {
     fn depthwise_plane_backward(g: &ConvGeometry, dy_p: &[f32], w_k: &[f32], dx_p: &mut [f32]) {
         let ow = g.out_hw().expect("validated geometry").1;
         let sw = g.stride[1];
-        for_each_tap(g, |tap, oy, iy, off, lo, hi| {
+        for_each_tap!(g, |tap, oy, iy, off, lo, hi| {
             let wv = w_k[tap];
             let src = &dy_p[oy * ow..(oy + 1) * ow];
             let dst = &mut dx_p[iy * g.w..(iy + 1) * g.w];
@@ -749,7 +710,7 @@ fn depthwise_backward_weight(_isa: Isa, g: &ConvGeometry, x: &[f32], dy: &[f32],
         for n in 0..g.batch {
             let x_p = &x[(n * g.c_in + ic) * hw..(n * g.c_in + ic + 1) * hw];
             let dy_p = &dy[(n * g.c_out + oc) * ohw..(n * g.c_out + oc + 1) * ohw];
-            for_each_tap(g, |tap, oy, iy, off, lo, hi| {
+            for_each_tap!(g, |tap, oy, iy, off, lo, hi| {
                 let src = &x_p[iy * g.w..(iy + 1) * g.w];
                 let d = &dy_p[oy * ow..(oy + 1) * ow];
                 let mut s = 0.0f32;
@@ -883,6 +844,26 @@ mod tests {
             ConvGeometry {
                 dilation: [2, 2],
                 pads: [2, 2, 2, 2],
+                ..base
+            },
+            // Rows longer than a micro-tile's columns, depth over one block
+            // (KC), batch 1 (columns split across threads).
+            ConvGeometry {
+                batch: 1,
+                c_in: 30,
+                h: 5,
+                w: 70,
+                c_out: 7,
+                ..base
+            },
+            ConvGeometry {
+                batch: 1,
+                c_in: 29,
+                h: 6,
+                w: 75,
+                c_out: 13,
+                stride: [2, 2],
+                pads: [0, 1, 2, 1],
                 ..base
             },
             ConvGeometry {

@@ -201,68 +201,6 @@ pub fn matmul(
     }
 }
 
-/// [`matmul`] into a destination given as a raw pointer, for callers that let
-/// several threads write disjoint column blocks of one row-major matrix (which
-/// no set of disjoint Rust slices can express).
-///
-/// # Safety
-/// `dst` must be valid for writes (and reads, with `accumulate`) at every
-/// `dst + r·dst_rs + c` for `r < m`, `c < n`, and no other thread may access
-/// those elements during the call.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul_raw(
-    isa: Isa,
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                for c in 0..n {
-                    // SAFETY: within the extents the caller guarantees.
-                    unsafe { dst.add(r * dst_rs + c).write(0.0) };
-                }
-            }
-        }
-        return;
-    }
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    let isa = isa.min(Isa::detected());
-    // SAFETY: operand extents asserted above; `dst` extents and exclusivity are
-    // the caller's contract; `isa` is capped to what the CPU supports.
-    unsafe {
-        gemm_fn(isa)(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            par,
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

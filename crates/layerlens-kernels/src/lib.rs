@@ -5,7 +5,9 @@
 //! - [`isa`]: the instruction-set path (AVX-512, AVX2 + FMA, portable), detected
 //!   at run time, lowered by `LAYERLENS_ISA` or per thread by [`isa::with_isa`];
 //!   [`multiversion!`] compiles a loop once per path.
-//! - [`gemm`]: the `gemm` crate's f32 GEMM on the chosen path.
+//! - [`gemm`]: the `gemm` crate's f32 GEMM on the chosen path (backward passes).
+//! - [`packed`]: layerlens' own packed GEMM for the convolution forward (kernel
+//!   packed once per call, im2col written straight into the micro-kernel's panels).
 //! - [`conv`]: convolution forward (fused epilogue: bias, folded batch norm,
 //!   residual, activation) and both gradients.
 //! - [`pool`]: max / average pooling, forward and backward.
@@ -22,6 +24,7 @@ pub mod batch_norm;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod packed;
 pub mod pool;
 mod scratch;
 

@@ -49,16 +49,41 @@ struct Timing {
     peak_mb: f64,
 }
 
+/// The process's CPU time (all threads) in ms.
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// `TIMER=cpu` reports CPU time (all threads) instead of wall time: steadier
+/// when other processes share the machine, for comparing two versions of a
+/// kernel; the side-by-side tables use wall time.
+fn use_cpu_time() -> bool {
+    std::env::var("TIMER").is_ok_and(|t| t == "cpu")
+}
+
 fn timed(reps: usize, mut f: impl FnMut() -> layerlens::Result<()>) -> layerlens::Result<Timing> {
     for _ in 0..3 {
         f()?;
     }
     reset_peak();
+    let cpu = use_cpu_time();
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps {
-        let t0 = Instant::now();
-        f()?;
-        t.push(t0.elapsed().as_secs_f64() * 1e3);
+        if cpu {
+            let t0 = cpu_ms();
+            f()?;
+            t.push(cpu_ms() - t0);
+        } else {
+            let t0 = Instant::now();
+            f()?;
+            t.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
     }
     t.sort_by(f64::total_cmp);
     Ok(Timing {

@@ -246,7 +246,7 @@ multiversion! {
                 let src = &x_c[iy as usize * w..(iy as usize + 1) * w];
                 dst[..lo].fill(0.0);
                 dst[hi..].fill(0.0);
-                if g.stride[1] == 1 {
+                if hi > lo && g.stride[1] == 1 {
                     let s0 = (lo as isize + off) as usize;
                     dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
                 } else {
@@ -274,7 +274,7 @@ multiversion! {
                     continue;
                 }
                 let dst = &mut dx_c[iy as usize * w..(iy as usize + 1) * w];
-                if g.stride[1] == 1 {
+                if hi > lo && g.stride[1] == 1 {
                     let s0 = (lo as isize + off) as usize;
                     for (d, &s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
                         *d += s;
@@ -485,7 +485,7 @@ multiversion! {
                 let src = &x_p[iy as usize * g.w..(iy as usize + 1) * g.w];
                 for (j, &(off, lo, hi)) in cols.iter().enumerate() {
                     let wv = w_k[i * g.kw + j];
-                    if sw == 1 {
+                    if hi > lo && sw == 1 {
                         let s0 = (lo as isize + off) as usize;
                         for (d, &s) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + hi - lo]) {
                             *d += wv * s;
@@ -600,7 +600,7 @@ multiversion! {
             let wv = w_k[tap];
             let src = &dy_p[oy * ow..(oy + 1) * ow];
             let dst = &mut dx_p[iy * g.w..(iy + 1) * g.w];
-            if sw == 1 {
+            if hi > lo && sw == 1 {
                 let s0 = (lo as isize + off) as usize;
                 for (d, &s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
                     *d += wv * s;
@@ -714,7 +714,7 @@ fn depthwise_backward_weight(_isa: Isa, g: &ConvGeometry, x: &[f32], dy: &[f32],
                 let src = &x_p[iy * g.w..(iy + 1) * g.w];
                 let d = &dy_p[oy * ow..(oy + 1) * ow];
                 let mut s = 0.0f32;
-                if sw == 1 {
+                if hi > lo && sw == 1 {
                     let s0 = (lo as isize + off) as usize;
                     for (&a, &b) in d[lo..hi].iter().zip(&src[s0..s0 + hi - lo]) {
                         s += a * b;
@@ -899,6 +899,61 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f32::max);
             assert!(diff < 1e-5, "{g:?}: max diff {diff}");
+        }
+    }
+
+    /// Random geometries (large paddings and dilations included, where a tap
+    /// can miss a whole output row or column) against the definition, forward
+    /// and both gradients (through the adjoint identity), on every path.
+    #[test]
+    fn random_geometries_match_the_definition() {
+        let mut seed = 11u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let mut checked = 0;
+        while checked < 120 {
+            let groups = [1, 1, 2, 3][next(4)];
+            let g = ConvGeometry {
+                batch: 1 + next(3),
+                c_in: groups * (1 + next(4)),
+                h: 1 + next(9),
+                w: 1 + next(40),
+                c_out: groups * (1 + next(4)),
+                kh: 1 + next(4),
+                kw: 1 + next(4),
+                stride: [1 + next(3), 1 + next(3)],
+                dilation: [1 + next(3), 1 + next(3)],
+                pads: [next(5), next(5), next(6), next(6)],
+                groups,
+            };
+            if g.validate().is_err() {
+                continue;
+            }
+            checked += 1;
+            let (xl, wl, yl) = g.lens();
+            let (x, w, dy) = (values(xl, 21), values(wl, 22), values(yl, 23));
+            let want = naive(&g, &x, &w);
+            for isa in crate::isa::Isa::supported() {
+                crate::isa::with_isa(isa, || {
+                    let mut y = vec![f32::NAN; yl];
+                    conv2d_forward(&g, &x, &w, &Epilogue::NONE, &mut y);
+                    for (a, b) in y.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-5, "{isa} {g:?}: {a} vs {b}");
+                    }
+                    let mut dx = vec![f32::NAN; xl];
+                    let mut dw = vec![f32::NAN; wl];
+                    conv2d_backward_input(&g, &dy, &w, &mut dx);
+                    conv2d_backward_weight(&g, &x, &dy, &mut dw);
+                    let lhs = dot(&want, &dy);
+                    for rhs in [dot(&x, &dx), dot(&w, &dw)] {
+                        assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{isa} {g:?}");
+                    }
+                });
+            }
         }
     }
 

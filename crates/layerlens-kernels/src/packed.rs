@@ -201,10 +201,11 @@ fn pack_im2col_row(
                 let hi = hi_all.clamp(lo, ox + run);
                 seg[..lo - ox].fill(0.0);
                 seg[hi - ox..].fill(0.0);
-                if g.stride[1] == 1 {
+                if hi > lo && g.stride[1] == 1 {
                     let s0 = (lo as isize + off) as usize;
                     seg[lo - ox..hi - ox].copy_from_slice(&src[s0..s0 + hi - lo]);
                 } else {
+                    // (An empty range when the tap misses this run entirely.)
                     for x in lo..hi {
                         seg[x - ox] = src[((x * g.stride[1]) as isize + off) as usize];
                     }

@@ -100,7 +100,7 @@ multiversion! {
                 for kx in 0..g.kernel[1] {
                     let off = kx as isize - g.pads[2] as isize;
                     let (lo, hi) = valid_cols(ow, g.w, g.stride[1], off);
-                    if g.stride[1] == 1 {
+                    if hi > lo && g.stride[1] == 1 {
                         let s0 = (lo as isize + off) as usize;
                         for (o, &v) in out[lo..hi].iter_mut().zip(&row[s0..s0 + hi - lo]) {
                             *o = sticky_max(*o, v);

@@ -10,6 +10,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{assert_close, fixture, Tol, F32};
 use layerlens_core::kernels::conv::FusedActivation;
+use layerlens_core::kernels::conv::{with_algorithm, ConvAlgorithm};
 use layerlens_core::kernels::isa::{with_isa, Isa};
 use layerlens_core::kernels::{self, ChannelAffine, ConvParams, KernelPath};
 use std::collections::HashMap;
@@ -109,11 +110,19 @@ fn every_cpu_path_matches_pytorch_forward_and_gradients() {
                 }
                 candle_checked += 1;
             }
-            let what = |t: &str| format!("{path} {} {t}", c.name);
-            let (y, dx, dw) = kernels::with_cpu_path(path, || run(&c)).unwrap();
-            assert_close(&y, &fx[&format!("{}/y", c.name)], F32, &what("y"));
-            assert_close(&dx, &fx[&format!("{}/dx", c.name)], F32, &what("dx"));
-            assert_close(&dw, &fx[&format!("{}/dw", c.name)], GRAD, &what("dw"));
+            // layerlens' kernels: im2col, and Winograd wherever it applies.
+            let algos: &[ConvAlgorithm] = match path.kernels {
+                KernelPath::Fast => &[ConvAlgorithm::Im2col, ConvAlgorithm::Winograd],
+                KernelPath::Candle => &[ConvAlgorithm::Auto],
+            };
+            for &algo in algos {
+                let what = |t: &str| format!("{path} {algo:?} {} {t}", c.name);
+                let (y, dx, dw) =
+                    with_algorithm(algo, || kernels::with_cpu_path(path, || run(&c))).unwrap();
+                assert_close(&y, &fx[&format!("{}/y", c.name)], F32, &what("y"));
+                assert_close(&dx, &fx[&format!("{}/dx", c.name)], F32, &what("dx"));
+                assert_close(&dw, &fx[&format!("{}/dw", c.name)], GRAD, &what("dw"));
+            }
         }
     }
     assert!(candle_checked >= 10, "{candle_checked}");

@@ -18,6 +18,7 @@ use crate::isa::{self, Isa};
 use crate::multiversion;
 use crate::packed::{self, gemm_packed, PackedLhs, RhsSource};
 use crate::scratch::with_scratch;
+use crate::winograd;
 use rayon::prelude::*;
 
 /// Everything about a convolution's sizes; `pads` are `[top, bottom, left, right]`.
@@ -152,7 +153,7 @@ impl Epilogue<'_> {
         act: FusedActivation::None,
     };
 
-    fn is_identity(&self) -> bool {
+    pub(crate) fn is_identity(&self) -> bool {
         self.scale.is_none()
             && self.shift.is_none()
             && self.residual.is_none()
@@ -162,7 +163,7 @@ impl Epilogue<'_> {
     /// Applies the epilogue to `plane`, the values of output channel `c` of sample
     /// `n`, which start at `offset` in the whole output.
     #[inline]
-    fn plane(&self, isa: Isa, plane: &mut [f32], c: usize, offset: usize) {
+    pub(crate) fn plane(&self, isa: Isa, plane: &mut [f32], c: usize, offset: usize) {
         let s = self.scale.map_or(1.0, |s| s[c]);
         let t = self.shift.map_or(0.0, |t| t[c]);
         let r = self.residual.map(|r| &r[offset..offset + plane.len()]);
@@ -331,6 +332,50 @@ fn per_sample_parallel(g: &ConvGeometry) -> bool {
     t > 1 && g.batch >= t
 }
 
+/// How the forward of a dense (not depthwise) convolution is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// Winograd F(2, 3) for 3×3 stride-1 convolutions where its cost model says
+    /// it pays ([`crate::winograd::pays`]), im2col + packed GEMM otherwise.
+    Auto,
+    /// Always im2col + packed GEMM.
+    Im2col,
+    /// Winograd wherever it applies (3×3, stride 1, dilation 1, one group).
+    Winograd,
+}
+
+thread_local! {
+    static ALGORITHM: std::cell::Cell<Option<ConvAlgorithm>> = const { std::cell::Cell::new(None) };
+}
+
+/// The algorithm on this thread: [`with_algorithm`]'s, else the process's from
+/// `LAYERLENS_CONV=auto|im2col|winograd` (for benchmarks; unknown values mean
+/// `auto`), else [`ConvAlgorithm::Auto`].
+fn algorithm() -> ConvAlgorithm {
+    static PROCESS: std::sync::OnceLock<ConvAlgorithm> = std::sync::OnceLock::new();
+    ALGORITHM.with(std::cell::Cell::get).unwrap_or_else(|| {
+        *PROCESS.get_or_init(|| match std::env::var("LAYERLENS_CONV").as_deref() {
+            Ok("im2col") => ConvAlgorithm::Im2col,
+            Ok("winograd") => ConvAlgorithm::Winograd,
+            _ => ConvAlgorithm::Auto,
+        })
+    })
+}
+
+/// Runs `f` with the convolutions it calls on this thread forced to `algo`
+/// (how the tests check both algorithms on the same cases), then restores the
+/// previous choice.
+pub fn with_algorithm<R>(algo: ConvAlgorithm, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<ConvAlgorithm>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ALGORITHM.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ALGORITHM.with(|a| a.replace(Some(algo))));
+    f()
+}
+
 /// Forward convolution: `y = epilogue(conv(x, w))`, `x` NCHW, `w` OIHW
 /// (`[c_out, c_in/groups, kh, kw]`), `y` NCHW. Slices must have exactly the
 /// lengths [`ConvGeometry::lens`] gives.
@@ -347,6 +392,14 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
     let isa = isa::active();
     if g.depthwise() {
         return depthwise_forward(isa, g, x, w, ep, y);
+    }
+    let winograd = match algorithm() {
+        ConvAlgorithm::Auto => winograd::pays(g),
+        ConvAlgorithm::Im2col => false,
+        ConvAlgorithm::Winograd => winograd::applies(g),
+    };
+    if winograd {
+        return winograd::forward(isa, g, x, w, ep, y);
     }
     let x_per = g.c_in * g.h * g.w;
     let y_per = g.c_out * ohw;
@@ -475,6 +528,11 @@ multiversion! {
                 (off, lo, hi)
             })
             .collect();
+        // Strided: each input row is split into its `sw` phases once
+        // (`phase r` = columns `r, r + sw, ...`), so every tap reads a
+        // contiguous run: `x[ox·sw + off] = phase[off mod sw][ox + off div sw]`.
+        let pw = g.w.div_ceil(sw);
+        let mut phases = if sw > 1 { vec![0f32; sw * pw] } else { Vec::new() };
         for (oy, dst) in y_p.chunks_mut(ow).enumerate().take(oh) {
             dst.fill(0.0);
             for i in 0..g.kh {
@@ -483,17 +541,28 @@ multiversion! {
                     continue;
                 }
                 let src = &x_p[iy as usize * g.w..(iy as usize + 1) * g.w];
+                if sw > 1 {
+                    for (r, phase) in phases.chunks_mut(pw).enumerate() {
+                        for (p, &v) in phase.iter_mut().zip(src.iter().skip(r).step_by(sw)) {
+                            *p = v;
+                        }
+                    }
+                }
                 for (j, &(off, lo, hi)) in cols.iter().enumerate() {
+                    if hi <= lo {
+                        continue;
+                    }
                     let wv = w_k[i * g.kw + j];
-                    if hi > lo && sw == 1 {
-                        let s0 = (lo as isize + off) as usize;
-                        for (d, &s) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + hi - lo]) {
-                            *d += wv * s;
-                        }
+                    let (run, s0) = if sw == 1 {
+                        (src, (lo as isize + off) as usize)
                     } else {
-                        for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
-                            *d += wv * src[((ox * sw) as isize + off) as usize];
-                        }
+                        // Input column of output `lo`, as (phase, index in it).
+                        let first = (lo * sw) as isize + off;
+                        let r = first as usize % sw;
+                        (&phases[r * pw..(r + 1) * pw], first as usize / sw)
+                    };
+                    for (d, &s) in dst[lo..hi].iter_mut().zip(&run[s0..s0 + hi - lo]) {
+                        *d += wv * s;
                     }
                 }
             }
@@ -953,6 +1022,67 @@ mod tests {
                         assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{isa} {g:?}");
                     }
                 });
+            }
+        }
+    }
+
+    /// Winograd F(2, 3), forced, on random 3×3 stride-1 geometries (odd sizes,
+    /// asymmetric and large paddings, one-row outputs), with an epilogue, on
+    /// every path.
+    #[test]
+    fn winograd_matches_the_definition() {
+        let mut seed = 5u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let mut checked = 0;
+        while checked < 60 {
+            let g = ConvGeometry {
+                batch: 1 + next(3),
+                c_in: 1 + next(20),
+                h: 1 + next(12),
+                w: 1 + next(40),
+                c_out: 1 + next(20),
+                kh: 3,
+                kw: 3,
+                stride: [1, 1],
+                dilation: [1, 1],
+                pads: [next(3), next(3), next(3), next(3)],
+                groups: 1,
+            };
+            if g.validate().is_err() {
+                continue;
+            }
+            checked += 1;
+            assert!(winograd::applies(&g));
+            let (xl, wl, yl) = g.lens();
+            let (x, w, r) = (values(xl, 31), values(wl, 32), values(yl, 33));
+            let shift: Vec<f32> = (0..g.c_out).map(|c| c as f32 * 0.1).collect();
+            let ep = Epilogue {
+                scale: None,
+                shift: Some(&shift),
+                residual: Some(&r),
+                act: FusedActivation::Relu,
+            };
+            let ohw = yl / g.batch / g.c_out;
+            let want: Vec<f32> = naive(&g, &x, &w)
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v + shift[(i / ohw) % g.c_out] + r[i]).max(0.0))
+                .collect();
+            for isa in crate::isa::Isa::supported() {
+                let mut y = vec![f32::NAN; yl];
+                crate::isa::with_isa(isa, || {
+                    with_algorithm(ConvAlgorithm::Winograd, || {
+                        conv2d_forward(&g, &x, &w, &ep, &mut y)
+                    })
+                });
+                for (a, b) in y.iter().zip(&want) {
+                    assert!((a - b).abs() < 2e-5, "{isa} {g:?}: {a} vs {b}");
+                }
             }
         }
     }

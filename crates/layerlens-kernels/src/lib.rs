@@ -10,6 +10,7 @@
 //!   packed once per call, im2col written straight into the micro-kernel's panels).
 //! - [`conv`]: convolution forward (fused epilogue: bias, folded batch norm,
 //!   residual, activation) and both gradients.
+//! - [`winograd`]: Winograd F(2, 3) for 3×3 stride-1 convolutions, where it pays.
 //! - [`pool`]: max / average pooling, forward and backward.
 //! - [`batch_norm`]: training-mode batch normalisation, forward and backward.
 //! - [`elementwise`]: the small per-element passes of training (activation
@@ -27,5 +28,6 @@ pub mod gemm;
 pub mod packed;
 pub mod pool;
 mod scratch;
+pub mod winograd;
 
 pub use isa::{with_isa, Isa};

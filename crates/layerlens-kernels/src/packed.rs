@@ -95,6 +95,24 @@ impl PackedLhs {
         PackedLhs { m, k, data }
     }
 
+    /// An `m × k` matrix of zeros in the packed layout, to be filled panel by
+    /// panel through [`PackedLhs::panels_mut`] (how Winograd writes its
+    /// transformed kernel straight into place).
+    pub fn zeroed(m: usize, k: usize) -> PackedLhs {
+        let mut data = LHS_BUFFERS
+            .with(|b| b.try_borrow_mut().ok().and_then(|mut b| b.pop()))
+            .unwrap_or_default();
+        data.clear();
+        data.resize(m.div_ceil(MR) * MR * k, 0.0);
+        PackedLhs { m, k, data }
+    }
+
+    /// The panels (rows `p·MR..p·MR + MR`), each `k`-major: element
+    /// `(p·MR + r, kk)` is `panel[kk·MR + r]`.
+    pub fn panels_mut(&mut self) -> std::slice::ChunksMut<'_, f32> {
+        self.data.chunks_mut(MR * self.k.max(1))
+    }
+
     /// Rows.
     pub fn rows(&self) -> usize {
         self.m

@@ -14,12 +14,35 @@ const KEEP_LIMIT: usize = 16 << 20;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static WINOGRAD_V: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static WINOGRAD_M: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Which per-thread buffer.
+#[derive(Clone, Copy)]
+pub(crate) enum Slot {
+    /// im2col / col2im matrices.
+    Im2col,
+    /// Winograd's transformed input.
+    WinogradInput,
+    /// Winograd's products.
+    WinogradProducts,
 }
 
 /// Runs `f` on a scratch slice of `len` elements whose contents are unspecified
 /// (left over from an earlier call).
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+    with_slot(Slot::Im2col, len, f)
+}
+
+/// [`with_scratch`] on a chosen buffer, for kernels that need several at once.
+pub(crate) fn with_slot<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let key = match slot {
+        Slot::Im2col => &SCRATCH,
+        Slot::WinogradInput => &WINOGRAD_V,
+        Slot::WinogradProducts => &WINOGRAD_M,
+    };
+    key.with(|cell| match cell.try_borrow_mut() {
         // Re-entered on this thread (a rayon worker that stole another
         // convolution while waiting): a buffer of its own.
         Err(_) => f(&mut vec![0.0; len]),

@@ -976,13 +976,8 @@ mod tests {
     /// and both gradients (through the adjoint identity), on every path.
     #[test]
     fn random_geometries_match_the_definition() {
-        let mut seed = 11u64;
-        let mut next = |n: usize| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut rng = crate::testutil::Lcg(11);
+        let mut next = |n: usize| rng.below(n);
         let mut checked = 0;
         while checked < 120 {
             let groups = [1, 1, 2, 3][next(4)];
@@ -1031,13 +1026,8 @@ mod tests {
     /// every path.
     #[test]
     fn winograd_matches_the_definition() {
-        let mut seed = 5u64;
-        let mut next = |n: usize| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut rng = crate::testutil::Lcg(5);
+        let mut next = |n: usize| rng.below(n);
         let mut checked = 0;
         while checked < 60 {
             let g = ConvGeometry {

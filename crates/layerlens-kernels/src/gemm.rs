@@ -208,14 +208,7 @@ mod tests {
     #[test]
     fn every_supported_path_multiplies() {
         let (m, n, k) = (37, 45, 29);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
-        let mut want = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                want[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
-            }
-        }
+        let (a, b, want) = crate::testutil::integer_product(m, k, n);
         for isa in Isa::supported() {
             for par in [parallelism(false), parallelism(true)] {
                 let mut c = vec![f32::NAN; m * n];

@@ -28,6 +28,8 @@ pub mod gemm;
 pub mod packed;
 pub mod pool;
 mod scratch;
+#[cfg(test)]
+mod testutil;
 pub mod winograd;
 
 pub use isa::{with_isa, Isa};

@@ -304,127 +304,89 @@ mod x86 {
     use super::{store_tile, MR};
     use std::arch::x86_64::*;
 
-    /// AVX2 + FMA: 6 rows × 16 columns in 12 accumulators.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `a` holds `kc·6`, `b` `kc·16` values; `c` covers
-    /// the `rows × cols` tile.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro_avx2(
-        kc: usize,
-        a: &[f32],
-        b: &[f32],
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        rows: usize,
-        cols: usize,
-    ) {
-        const NR: usize = 16;
-        assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        for k in 0..kc {
-            // SAFETY: `k < kc`, bounds asserted above.
-            unsafe {
-                let b0 = _mm256_loadu_ps(bp.add(k * NR));
-                let b1 = _mm256_loadu_ps(bp.add(k * NR + 8));
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*ap.add(k * MR + r));
-                    acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
-                    acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
-                }
-            }
-        }
-        if rows == MR && cols == NR {
-            for (r, acc_r) in acc.iter().enumerate() {
-                // SAFETY: a full tile lies inside `c`'s extents.
-                unsafe {
-                    let p = c.add(r * ldc);
-                    let (mut v0, mut v1) = (acc_r[0], acc_r[1]);
-                    if accumulate {
-                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(p));
-                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(p.add(8)));
+    /// One x86 micro-kernel: `MR` rows × two vectors of columns in `2·MR`
+    /// accumulators; per depth step two loads of B, `MR` broadcasts of A and
+    /// `2·MR` fused multiply-adds. Full tiles are stored from the registers,
+    /// edge tiles through a stack tile.
+    macro_rules! micro_kernel {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $nr:literal, $vec:ty,
+         $zero:ident, $load:ident, $store:ident, $add:ident, $fma:ident, $splat:ident) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// The CPU has the features; `a` holds `kc·MR`, `b` `kc·NR` values;
+            /// `c` covers the `rows × cols` tile (row stride `ldc`).
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn $name(
+                kc: usize,
+                a: &[f32],
+                b: &[f32],
+                c: *mut f32,
+                ldc: usize,
+                accumulate: bool,
+                rows: usize,
+                cols: usize,
+            ) {
+                const NR: usize = $nr;
+                const HALF: usize = NR / 2;
+                assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+                let (ap, bp) = (a.as_ptr(), b.as_ptr());
+                let mut acc: [[$vec; 2]; MR] = [[$zero(); 2]; MR];
+                for k in 0..kc {
+                    // SAFETY: `k < kc`, bounds asserted above.
+                    unsafe {
+                        let b0 = $load(bp.add(k * NR));
+                        let b1 = $load(bp.add(k * NR + HALF));
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let av = $splat(*ap.add(k * MR + r));
+                            acc_r[0] = $fma(av, b0, acc_r[0]);
+                            acc_r[1] = $fma(av, b1, acc_r[1]);
+                        }
                     }
-                    _mm256_storeu_ps(p, v0);
-                    _mm256_storeu_ps(p.add(8), v1);
+                }
+                if rows == MR && cols == NR {
+                    for (r, acc_r) in acc.iter().enumerate() {
+                        // SAFETY: a full tile lies inside `c`'s extents.
+                        unsafe {
+                            let p = c.add(r * ldc);
+                            let (mut v0, mut v1) = (acc_r[0], acc_r[1]);
+                            if accumulate {
+                                v0 = $add(v0, $load(p));
+                                v1 = $add(v1, $load(p.add(HALF)));
+                            }
+                            $store(p, v0);
+                            $store(p.add(HALF), v1);
+                        }
+                    }
+                } else {
+                    let mut tile = [[0f32; NR]; MR];
+                    for (t, acc_r) in tile.iter_mut().zip(&acc) {
+                        // SAFETY: `t` holds NR floats.
+                        unsafe {
+                            $store(t.as_mut_ptr(), acc_r[0]);
+                            $store(t.as_mut_ptr().add(HALF), acc_r[1]);
+                        }
+                    }
+                    // SAFETY: forwarded.
+                    unsafe { store_tile(&tile, c, ldc, accumulate, rows, cols) }
                 }
             }
-        } else {
-            let mut tile = [[0f32; NR]; MR];
-            for (t, acc_r) in tile.iter_mut().zip(&acc) {
-                // SAFETY: `t` holds 16 floats.
-                unsafe {
-                    _mm256_storeu_ps(t.as_mut_ptr(), acc_r[0]);
-                    _mm256_storeu_ps(t.as_mut_ptr().add(8), acc_r[1]);
-                }
-            }
-            // SAFETY: forwarded.
-            unsafe { store_tile(&tile, c, ldc, accumulate, rows, cols) }
-        }
+        };
     }
 
-    /// AVX-512: 6 rows × 32 columns in 12 accumulators.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `a` holds `kc·6`, `b` `kc·32` values; `c` covers
-    /// the `rows × cols` tile.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro_avx512(
-        kc: usize,
-        a: &[f32],
-        b: &[f32],
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        rows: usize,
-        cols: usize,
-    ) {
-        const NR: usize = 32;
-        assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        for k in 0..kc {
-            // SAFETY: `k < kc`, bounds asserted above.
-            unsafe {
-                let b0 = _mm512_loadu_ps(bp.add(k * NR));
-                let b1 = _mm512_loadu_ps(bp.add(k * NR + 16));
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*ap.add(k * MR + r));
-                    acc_r[0] = _mm512_fmadd_ps(av, b0, acc_r[0]);
-                    acc_r[1] = _mm512_fmadd_ps(av, b1, acc_r[1]);
-                }
-            }
-        }
-        if rows == MR && cols == NR {
-            for (r, acc_r) in acc.iter().enumerate() {
-                // SAFETY: a full tile lies inside `c`'s extents.
-                unsafe {
-                    let p = c.add(r * ldc);
-                    let (mut v0, mut v1) = (acc_r[0], acc_r[1]);
-                    if accumulate {
-                        v0 = _mm512_add_ps(v0, _mm512_loadu_ps(p));
-                        v1 = _mm512_add_ps(v1, _mm512_loadu_ps(p.add(16)));
-                    }
-                    _mm512_storeu_ps(p, v0);
-                    _mm512_storeu_ps(p.add(16), v1);
-                }
-            }
-        } else {
-            let mut tile = [[0f32; NR]; MR];
-            for (t, acc_r) in tile.iter_mut().zip(&acc) {
-                // SAFETY: `t` holds 32 floats.
-                unsafe {
-                    _mm512_storeu_ps(t.as_mut_ptr(), acc_r[0]);
-                    _mm512_storeu_ps(t.as_mut_ptr().add(16), acc_r[1]);
-                }
-            }
-            // SAFETY: forwarded.
-            unsafe { store_tile(&tile, c, ldc, accumulate, rows, cols) }
-        }
-    }
+    micro_kernel!(
+        /// AVX2 + FMA: 6 rows × 16 columns.
+        micro_avx2, "avx2,fma", 16, __m256,
+        _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_fmadd_ps,
+        _mm256_set1_ps
+    );
+    micro_kernel!(
+        /// AVX-512: 6 rows × 32 columns.
+        micro_avx512, "avx512f,avx2,fma", 32, __m512,
+        _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_fmadd_ps,
+        _mm512_set1_ps
+    );
 }
 
 fn micro_kernel(isa: Isa) -> MicroKernel {
@@ -531,23 +493,11 @@ mod tests {
 
     #[test]
     fn packed_gemm_matches_the_definition_on_every_path() {
-        let mut seed = 3u64;
-        let mut next = |n: usize| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut rng = crate::testutil::Lcg(3);
+        let mut next = |n: usize| rng.below(n);
         for _ in 0..40 {
             let (m, k, n) = (1 + next(40), 1 + next(600), 1 + next(300));
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
-            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
-            let mut want = vec![0f32; m * n];
-            for i in 0..m {
-                for j in 0..n {
-                    want[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
-                }
-            }
+            let (a, b, want) = crate::testutil::integer_product(m, k, n);
             let packed = PackedLhs::pack(&a, m, k);
             for isa in Isa::supported() {
                 let (c0, nc) = (next(n), 0);

@@ -230,13 +230,8 @@ mod tests {
     /// over strides, paddings and rectangular windows, on every path.
     #[test]
     fn max_pool_forward_equals_the_windows_first_maximum() {
-        let mut seed = 7u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as usize
-        };
+        let mut rng = crate::testutil::Lcg(7);
+        let mut next = || rng.below(usize::MAX);
         for _ in 0..60 {
             let (kh, kw) = (1 + next() % 4, 1 + next() % 4);
             let g = PoolGeometry {

@@ -6,8 +6,11 @@
 //! `M_ξ = U_ξ · V_ξ` on [`packed`](crate::packed), `Y = Aᵀ·M·A`. F(2, 3)'s
 //! transforms only add, subtract and halve, so the result is as accurate as the
 //! direct sum (F(4, 3) and larger amplify rounding by their ±2, ±½ points).
-//! Transforms run a whole tile row at a time with the two column phases of the
-//! input split apart, so every loop is contiguous and vectorises on each path.
+//! The input transform's row step runs over whole padded rows (vectorised); its
+//! column step and the output transform go tile by tile (scalar), and the kernel
+//! is transformed on every call: at batch 1 on small maps these costs exceed
+//! the GEMM saving, which is why [`pays`] keeps Winograd to calls with many
+//! tiles.
 
 use crate::conv::{ConvGeometry, Epilogue};
 use crate::isa::Isa;
@@ -144,10 +147,11 @@ multiversion! {
                 let tile = ty * tw + tx;
                 // Aᵀ over rows: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (per column q).
                 let mut s = [[0f32; 4]; 2];
-                for q in 0..4 {
+                let [s0, s1] = &mut s;
+                for (q, (s0, s1)) in s0.iter_mut().zip(s1.iter_mut()).enumerate() {
                     let (a, b, c, d) = (at(q, tile), at(4 + q, tile), at(8 + q, tile), at(12 + q, tile));
-                    s[0][q] = a + b + c;
-                    s[1][q] = b - c - d;
+                    *s0 = a + b + c;
+                    *s1 = b - c - d;
                 }
                 for (a, sa) in s.iter().enumerate() {
                     let oy = 2 * ty + a;

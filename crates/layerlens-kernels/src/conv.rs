@@ -16,7 +16,7 @@
 use crate::gemm::{matmul, parallelism as gemm_parallelism};
 use crate::isa::{self, Isa};
 use crate::multiversion;
-use crate::packed::{self, gemm_packed, PackedLhs, RhsSource};
+use crate::packed::{self, gemm_packed, Lhs, RhsSource};
 use crate::scratch::with_scratch;
 use crate::winograd;
 use rayon::prelude::*;
@@ -405,10 +405,10 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
     let y_per = g.c_out * ohw;
     let hw = g.h * g.w;
     let (cin_g, cout_g, k_len) = (g.cin_g(), g.cout_g(), g.k_len());
-    // The kernel, packed once per call for every sample and thread.
-    let packed: Vec<PackedLhs> = (0..g.groups)
+    // The kernel of each group, read in place by every sample and thread.
+    let lhs: Vec<Lhs> = (0..g.groups)
         .map(|grp| {
-            PackedLhs::pack(
+            Lhs::new(
                 &w[grp * cout_g * k_len..(grp + 1) * cout_g * k_len],
                 cout_g,
                 k_len,
@@ -421,7 +421,7 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], ep: &Epilogue, y: 
     let task = |n: usize, c0: usize, nc: usize| {
         let out = &out;
         let x_n = &x[n * x_per..(n + 1) * x_per];
-        for (grp, a) in packed.iter().enumerate() {
+        for (grp, &a) in lhs.iter().enumerate() {
             let x_g = &x_n[grp * cin_g * hw..(grp + 1) * cin_g * hw];
             let src = if g.pointwise() {
                 RhsSource::Matrix {

@@ -19,7 +19,6 @@
 use crate::conv::{valid_cols, ConvGeometry};
 use crate::isa::Isa;
 use crate::multiversion;
-use rayon::prelude::*;
 
 /// Rows of an A panel (output channels per micro-tile).
 pub const MR: usize = 6;
@@ -35,82 +34,27 @@ pub fn nr(isa: Isa) -> usize {
     }
 }
 
-/// An `m × k` matrix packed in [`MR`]-row panels, `k`-major, zero-padded to a
-/// multiple of [`MR`] rows.
-#[derive(Clone, Debug)]
-pub struct PackedLhs {
+/// The left operand: a row-major `m × k` matrix (row stride `k`), read in
+/// place. The micro-kernel broadcasts one value of each of [`MR`] rows per depth
+/// step, six sequential streams the prefetcher follows, so the kernel needs no
+/// packed copy (packing it on every call was 10 % of a ResNet-18 forward at
+/// batch 1, and a copy kept across calls could go stale: weights change in
+/// place).
+#[derive(Clone, Copy, Debug)]
+pub struct Lhs<'a> {
+    data: &'a [f32],
     m: usize,
     k: usize,
-    data: Vec<f32>,
 }
 
-impl Drop for PackedLhs {
-    fn drop(&mut self) {
-        // Back to this thread's pool (a few buffers at most, so a burst of
-        // different layers does not pin memory).
-        let data = std::mem::take(&mut self.data);
-        LHS_BUFFERS.with(|b| {
-            if let Ok(mut b) = b.try_borrow_mut() {
-                if b.len() < 4 {
-                    b.push(data);
-                }
-            }
-        });
-    }
-}
-
-thread_local! {
-    /// Buffers of packed kernels from earlier calls on this thread, reused so a
-    /// large kernel is not page-faulted in again on every call.
-    static LHS_BUFFERS: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl PackedLhs {
-    /// Packs the row-major `m × k` matrix `a` (row stride `k`).
+impl<'a> Lhs<'a> {
+    /// Views `data` as `m × k`, row-major.
     ///
     /// # Panics
-    /// If `a.len() != m · k`.
-    pub fn pack(a: &[f32], m: usize, k: usize) -> PackedLhs {
-        assert_eq!(a.len(), m * k, "packed lhs length");
-        let panels = m.div_ceil(MR);
-        let mut data = LHS_BUFFERS
-            .with(|b| b.try_borrow_mut().ok().and_then(|mut b| b.pop()))
-            .unwrap_or_default();
-        data.clear();
-        data.resize(panels * MR * k, 0.0);
-        if k > 0 {
-            data.par_chunks_mut(MR * k)
-                .enumerate()
-                .for_each(|(p, panel)| {
-                    let rows = MR.min(m - p * MR);
-                    let src = &a[p * MR * k..(p * MR + rows) * k];
-                    // Reads `rows` streams, writes one: `panel[kk][r] = a[r][kk]`.
-                    for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                        for (r, d) in dst.iter_mut().enumerate().take(rows) {
-                            *d = src[r * k + kk];
-                        }
-                    }
-                });
-        }
-        PackedLhs { m, k, data }
-    }
-
-    /// An `m × k` matrix of zeros in the packed layout, to be filled panel by
-    /// panel through [`PackedLhs::panels_mut`] (how Winograd writes its
-    /// transformed kernel straight into place).
-    pub fn zeroed(m: usize, k: usize) -> PackedLhs {
-        let mut data = LHS_BUFFERS
-            .with(|b| b.try_borrow_mut().ok().and_then(|mut b| b.pop()))
-            .unwrap_or_default();
-        data.clear();
-        data.resize(m.div_ceil(MR) * MR * k, 0.0);
-        PackedLhs { m, k, data }
-    }
-
-    /// The panels (rows `p·MR..p·MR + MR`), each `k`-major: element
-    /// `(p·MR + r, kk)` is `panel[kk·MR + r]`.
-    pub fn panels_mut(&mut self) -> std::slice::ChunksMut<'_, f32> {
-        self.data.chunks_mut(MR * self.k.max(1))
+    /// If `data.len() != m · k`.
+    pub fn new(data: &'a [f32], m: usize, k: usize) -> Self {
+        assert_eq!(data.len(), m * k, "lhs length");
+        Lhs { data, m, k }
     }
 
     /// Rows.
@@ -123,8 +67,15 @@ impl PackedLhs {
         self.k
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
-        &self.data[p * MR * self.k..(p + 1) * MR * self.k]
+    /// Pointers to rows `r0..r0 + MR` at column `k0`; rows past the end point at
+    /// row `r0` (their products are computed and discarded).
+    fn row_ptrs(&self, r0: usize, k0: usize) -> [*const f32; MR] {
+        let mut ptrs = [std::ptr::null(); MR];
+        for (r, p) in ptrs.iter_mut().enumerate() {
+            let row = if r0 + r < self.m { r0 + r } else { r0 };
+            *p = self.data[row * self.k + k0..].as_ptr();
+        }
+        ptrs
     }
 }
 
@@ -242,9 +193,10 @@ fn pack_im2col_row(
     }
 }
 
-/// `c[r·ldc + col] (+)= Σ_k a[k·MR + r] · b[k·NR + col]` for `r < rows`,
-/// `col < cols`, the micro-tile of one A panel and one B panel.
-type MicroKernel = unsafe fn(usize, &[f32], &[f32], *mut f32, usize, bool, usize, usize);
+/// `c[r·ldc + col] (+)= Σ_k a[r][k] · b[k·NR + col]` for `r < rows`,
+/// `col < cols`: the micro-tile of [`MR`] rows of A (given as row pointers, each
+/// readable for `kc` values) and one B panel.
+type MicroKernel = unsafe fn(usize, [*const f32; MR], &[f32], *mut f32, usize, bool, usize, usize);
 
 /// Stores a full `MR × NR` tile held in `tile` into `c` (adding when `accumulate`),
 /// keeping only `rows × cols`.
@@ -274,11 +226,12 @@ unsafe fn store_tile<const NR: usize>(
 /// The portable micro-kernel (8 columns; LLVM vectorises it for SSE2).
 ///
 /// # Safety
-/// See [`MicroKernel`]: `a` holds `kc·MR`, `b` `kc·8` values; `c` covers the tile.
+/// See [`MicroKernel`]: each `a[r]` is readable for `kc` values, `b` holds
+/// `kc·8`; `c` covers the tile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro_portable(
     kc: usize,
-    a: &[f32],
+    a: [*const f32; MR],
     b: &[f32],
     c: *mut f32,
     ldc: usize,
@@ -287,11 +240,13 @@ unsafe fn micro_portable(
     cols: usize,
 ) {
     const NR: usize = 8;
+    // SAFETY: each row pointer is readable for `kc` values (the caller's contract).
+    let rows_a: [&[f32]; MR] = a.map(|p| unsafe { std::slice::from_raw_parts(p, kc) });
     let mut acc = [[0f32; NR]; MR];
-    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+    for (k, bk) in b.chunks_exact(NR).take(kc).enumerate() {
         for r in 0..MR {
             for col in 0..NR {
-                acc[r][col] += ak[r] * bk[col];
+                acc[r][col] += rows_a[r][k] * bk[col];
             }
         }
     }
@@ -314,13 +269,14 @@ mod x86 {
             $(#[$doc])*
             ///
             /// # Safety
-            /// The CPU has the features; `a` holds `kc·MR`, `b` `kc·NR` values;
-            /// `c` covers the `rows × cols` tile (row stride `ldc`).
+            /// The CPU has the features; each `a[r]` is readable for `kc` values,
+            /// `b` holds `kc·NR`; `c` covers the `rows × cols` tile (row stride
+            /// `ldc`).
             #[target_feature(enable = $features)]
             #[allow(clippy::too_many_arguments)]
             pub(super) unsafe fn $name(
                 kc: usize,
-                a: &[f32],
+                a: [*const f32; MR],
                 b: &[f32],
                 c: *mut f32,
                 ldc: usize,
@@ -330,8 +286,8 @@ mod x86 {
             ) {
                 const NR: usize = $nr;
                 const HALF: usize = NR / 2;
-                assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-                let (ap, bp) = (a.as_ptr(), b.as_ptr());
+                assert!(b.len() >= kc * NR);
+                let bp = b.as_ptr();
                 let mut acc: [[$vec; 2]; MR] = [[$zero(); 2]; MR];
                 for k in 0..kc {
                     // SAFETY: `k < kc`, bounds asserted above.
@@ -339,7 +295,7 @@ mod x86 {
                         let b0 = $load(bp.add(k * NR));
                         let b1 = $load(bp.add(k * NR + HALF));
                         for (r, acc_r) in acc.iter_mut().enumerate() {
-                            let av = $splat(*ap.add(k * MR + r));
+                            let av = $splat(*a[r].add(k));
                             acc_r[0] = $fma(av, b0, acc_r[0]);
                             acc_r[1] = $fma(av, b1, acc_r[1]);
                         }
@@ -418,7 +374,7 @@ const NC_PANELS: usize = 8;
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_packed(
     isa: Isa,
-    a: &PackedLhs,
+    a: Lhs,
     src: RhsSource,
     c0: usize,
     nc: usize,
@@ -461,7 +417,7 @@ pub unsafe fn gemm_packed(
                     let cols = nr.min(jc + ncb - col);
                     for ir in 0..m.div_ceil(MR) {
                         let rows = MR.min(m - ir * MR);
-                        let ap = &a.panel(ir)[pc * MR..(pc + kc) * MR];
+                        let ap = a.row_ptrs(ir * MR, pc);
                         // SAFETY: the tile (rows `ir·MR..`, columns `col..col+cols`)
                         // lies within the caller's extents; the path is the CPU's.
                         unsafe {
@@ -498,7 +454,7 @@ mod tests {
         for _ in 0..40 {
             let (m, k, n) = (1 + next(40), 1 + next(600), 1 + next(300));
             let (a, b, want) = crate::testutil::integer_product(m, k, n);
-            let packed = PackedLhs::pack(&a, m, k);
+            let packed = Lhs::new(&a, m, k);
             for isa in Isa::supported() {
                 let (c0, nc) = (next(n), 0);
                 let nc = (n - c0).max(nc);
@@ -508,11 +464,11 @@ mod tests {
                     row_stride: n,
                 };
                 // SAFETY: `y` is m × n with row stride n.
-                unsafe { gemm_packed(isa, &packed, src, 0, n, y.as_mut_ptr(), n, false) };
+                unsafe { gemm_packed(isa, packed, src, 0, n, y.as_mut_ptr(), n, false) };
                 // Small integers: exact on every path.
                 assert_eq!(y, want, "{isa} {m}x{k}x{n}");
                 // Accumulating into a column range.
-                unsafe { gemm_packed(isa, &packed, src, c0, nc, y.as_mut_ptr(), n, true) };
+                unsafe { gemm_packed(isa, packed, src, c0, nc, y.as_mut_ptr(), n, true) };
                 for i in 0..m {
                     for j in 0..n {
                         let f = if j >= c0 { 2.0 } else { 1.0 };

@@ -15,7 +15,7 @@
 use crate::conv::{ConvGeometry, Epilogue};
 use crate::isa::Isa;
 use crate::multiversion;
-use crate::packed::{gemm_packed, PackedLhs, RhsSource, MR};
+use crate::packed::{gemm_packed, Lhs, RhsSource};
 use crate::scratch::{with_slot, Slot};
 use rayon::prelude::*;
 
@@ -43,44 +43,37 @@ pub fn pays(g: &ConvGeometry) -> bool {
 pub const MIN_TILES: usize = 256;
 
 /// `U_ξ = (G·g·Gᵀ)_ξ` for every (output, input) channel pair of an OIHW 3×3
-/// kernel, written straight into 16 packed `co × ci` operands (one pass over
-/// the kernel, parallel over 6-row panels of output channels).
-fn transform_kernel(g: &ConvGeometry, w: &[f32]) -> Vec<PackedLhs> {
+/// kernel: 16 row-major `co × ci` matrices, `u[(ξ·co + o)·ci + i]` (parallel
+/// over output channels, each writing its rows of all 16).
+fn transform_kernel(g: &ConvGeometry, w: &[f32], u: &mut [f32]) {
     let (ci, co) = (g.c_in, g.c_out);
-    let mut u: Vec<PackedLhs> = (0..16).map(|_| PackedLhs::zeroed(co, ci)).collect();
-    // panels[p] = the 16 operands' panel p.
-    let mut panels: Vec<Vec<&mut [f32]>> = (0..co.div_ceil(MR)).map(|_| Vec::new()).collect();
-    for m in u.iter_mut() {
-        for (p, panel) in m.panels_mut().enumerate() {
-            panels[p].push(panel);
-        }
+    // u_rows[o] = row o of each of the 16 matrices.
+    let mut u_rows: Vec<Vec<&mut [f32]>> = (0..co).map(|_| Vec::with_capacity(16)).collect();
+    for (r, row) in u.chunks_mut(ci).enumerate() {
+        u_rows[r % co].push(row);
     }
-    panels.into_par_iter().enumerate().for_each(|(p, mut xis)| {
-        for r in 0..MR.min(co - p * MR) {
-            let o = p * MR + r;
-            for i in 0..ci {
-                let k = &w[(o * ci + i) * 9..(o * ci + i + 1) * 9];
-                // G·g: 4×3.
-                let mut gg = [[0f32; 3]; 4];
-                for c in 0..3 {
-                    let (k0, k1, k2) = (k[c], k[3 + c], k[6 + c]);
-                    gg[0][c] = k0;
-                    gg[1][c] = 0.5 * (k0 + k1 + k2);
-                    gg[2][c] = 0.5 * (k0 - k1 + k2);
-                    gg[3][c] = k2;
-                }
-                // (G·g)·Gᵀ: 4×4, element (a, q) into operand ξ = 4a + q.
-                for (a, row) in gg.iter().enumerate() {
-                    let (x, y, z) = (row[0], row[1], row[2]);
-                    let vals = [x, 0.5 * (x + y + z), 0.5 * (x - y + z), z];
-                    for (q, v) in vals.into_iter().enumerate() {
-                        xis[a * 4 + q][i * MR + r] = v;
-                    }
+    u_rows.into_par_iter().enumerate().for_each(|(o, mut xis)| {
+        for i in 0..ci {
+            let k = &w[(o * ci + i) * 9..(o * ci + i + 1) * 9];
+            // G·g: 4×3.
+            let mut gg = [[0f32; 3]; 4];
+            for c in 0..3 {
+                let (k0, k1, k2) = (k[c], k[3 + c], k[6 + c]);
+                gg[0][c] = k0;
+                gg[1][c] = 0.5 * (k0 + k1 + k2);
+                gg[2][c] = 0.5 * (k0 - k1 + k2);
+                gg[3][c] = k2;
+            }
+            // (G·g)·Gᵀ: 4×4, element (a, q) into matrix ξ = 4a + q.
+            for (a, row) in gg.iter().enumerate() {
+                let (x, y, z) = (row[0], row[1], row[2]);
+                let vals = [x, 0.5 * (x + y + z), 0.5 * (x - y + z), z];
+                for (q, v) in vals.into_iter().enumerate() {
+                    xis[a * 4 + q][i] = v;
                 }
             }
         }
     });
-    u
 }
 
 multiversion! {
@@ -185,7 +178,8 @@ pub(crate) fn forward(
     let t = th * tw;
     let (oh, ow) = g.out_hw().expect("validated geometry");
     let (ci, co, hw, ohw) = (g.c_in, g.c_out, g.h * g.w, oh * ow);
-    let u = transform_kernel(g, w);
+    let mut u = vec![0f32; 16 * co * ci];
+    transform_kernel(g, w, &mut u);
     let lp = 2 * tw + 2;
     // Samples are taken together so that each GEMM has at least ~512 columns
     // (layer4 of ResNet-18 has 16 tiles per image).
@@ -219,8 +213,9 @@ pub(crate) fn forward(
                         };
                         // SAFETY: `m_xi` is `co × cols` with row stride `cols`, this
                         // task's alone.
+                        let a = Lhs::new(&u[xi * co * ci..(xi + 1) * co * ci], co, ci);
                         unsafe {
-                            gemm_packed(isa, &u[xi], src, 0, width, m_xi.as_mut_ptr(), cols, false)
+                            gemm_packed(isa, a, src, 0, width, m_xi.as_mut_ptr(), cols, false)
                         };
                     });
                 let m: &[f32] = m;

@@ -64,7 +64,11 @@ pub fn model_json(data: &[u8]) -> Result<(), String> {
 /// `layerlens::preprocess::decode_image` (PNG or JPEG, by the first bytes).
 pub fn image(data: &[u8]) -> Result<(), String> {
     let dir = scratch().lock().unwrap_or_else(|e| e.into_inner());
-    let ext = if data.starts_with(b"\x89PNG") { "png" } else { "jpg" };
+    let ext = if data.starts_with(b"\x89PNG") {
+        "png"
+    } else {
+        "jpg"
+    };
     let path = dir.join(format!("input.{ext}"));
     std::fs::write(&path, data).map_err(|e| e.to_string())?;
     layerlens::preprocess::decode_image(&path)

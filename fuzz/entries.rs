@@ -8,8 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+/// An entry point: the bytes in, the error message (if any) out.
+pub type Entry = fn(&[u8]) -> Result<(), String>;
+
 /// Every target: its name (the folder under fuzz/regressions/) and entry point.
-pub const TARGETS: &[(&str, fn(&[u8]) -> Result<(), String>)] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("onnx_import", onnx_import),
     ("pth_state_dict", pth_state_dict),
     ("model_json", model_json),

@@ -139,7 +139,7 @@ pub(crate) fn decode(t: &TensorProto, base: &Path) -> Result<Const, String> {
         data_type::DOUBLE | data_type::INT64 => 8,
         _ => 1,
     };
-    if raw.len() % elem != 0 {
+    if !raw.len().is_multiple_of(elem) {
         return Err(format!(
             "raw data of {} bytes is not a whole number of {elem}-byte values",
             raw.len()

@@ -397,7 +397,7 @@ impl Vm {
 
     /// Sets items of the dict on top of the stack (copying it first if shared).
     fn extend_dict(&mut self, new: Vec<V>) -> R<()> {
-        if new.len() % 2 != 0 {
+        if !new.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of objects".into());
         }
         let depth = 1 + new.iter().map(V::depth).max().unwrap_or(0);

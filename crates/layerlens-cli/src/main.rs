@@ -1064,8 +1064,7 @@ fn report_cmd(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))
+    Ok(layerlens::fsio::write_atomic(path, |f| {
+        std::io::Write::write_all(f, bytes)
+    })?)
 }

@@ -433,3 +433,106 @@ fn unreadable_images_and_bad_options_are_clear() {
     assert!(!file.exists());
     std::fs::remove_dir_all(root).unwrap();
 }
+
+/// `sh -c 'umask MASK; exec layerlens ARGS'`, so the binary runs under a known umask.
+fn under_umask(mask: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("umask {mask}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_layerlens"))
+        .args(args);
+    c
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_second_job_on_the_same_directory_fails_at_once_and_resume_after_sigkill_works() {
+    let root = scratch("lock");
+    let input = image_dir(&root, 1200);
+    let out = root.join("feats");
+    let args = extract_args(&input, &out, &["--jobs", "1"]);
+
+    // Job A, under umask 022, holds the directory's lock while it runs.
+    let mut a = under_umask("022", &args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while count_indexes(&out) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "A made no progress"
+        );
+        assert!(a.try_wait().unwrap().is_none(), "A exited early");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Job B on the same directory (with --resume, so only the lock stops it).
+    let t = Instant::now();
+    let b = layerlens(&extract_args(&input, &out, &["--resume"]));
+    let waited = t.elapsed();
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "A finished before B ran: the test needs a slower A"
+    );
+    assert!(!b.status.success());
+    let e = String::from_utf8_lossy(&b.stderr);
+    assert!(
+        e.contains("is in use by another extract") && e.contains(".layerlens.lock"),
+        "{e}"
+    );
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(waited < Duration::from_secs(30), "B waited {waited:?}");
+
+    // SIGKILL A: the kernel drops its lock, and --resume finishes the run.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    assert!(
+        !out.join("manifest.jsonl").exists(),
+        "A finished before the kill"
+    );
+    let resumed = under_umask("022", &extract_args(&input, &out, &["--resume"]))
+        .output()
+        .unwrap();
+    let err = ok(&resumed);
+    assert!(err.contains("kept from the earlier run"), "{err}");
+    assert!(out.join("manifest.jsonl").is_file());
+
+    // Every output file follows the umask: 0644 under 022 (safetensors' own
+    // temporary files are 0600), whether A or the resumed job wrote it.
+    for name in files(&out).keys() {
+        assert_eq!(mode(&out.join(name)), 0o644, "{name}");
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn single_output_files_follow_the_umask() {
+    let root = scratch("umask");
+    for (mask, want) in [("022", 0o644), ("027", 0o640), ("002", 0o664)] {
+        for ext in ["safetensors", "npz", "parquet"] {
+            let out = root.join(format!("feats-{mask}.{ext}"));
+            let r = under_umask(
+                mask,
+                &[
+                    "extract",
+                    "zoo:seed_cnn",
+                    "--input",
+                    "embedded:fashion-mnist-test",
+                    "--layers",
+                    "conv2d",
+                    "--out",
+                    s(&out),
+                ],
+            )
+            .output()
+            .unwrap();
+            ok(&r);
+            assert_eq!(mode(&out), want, "{} under umask {mask}", out.display());
+        }
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}

@@ -4,11 +4,13 @@
 //! Lambdas are stored by registered type name and JSON arguments, never as
 //! code; loading rebuilds the graph through the same builder (so every shape is
 //! checked again) and constructs Lambdas only through a [`LambdaRegistry`].
-//! Files are written under temporary names and renamed into place, JSON last, so
+//! Files are written under temporary names, synced and renamed into place
+//! ([`crate::fsio`]; their mode follows the umask), JSON last, so
 //! an interrupted save never leaves a directory that looks complete.
 
 use crate::builder::Functional;
 use crate::error::{Error, Result};
+use crate::fsio::{write_atomic, write_atomic_with};
 use crate::ir::{NodeId, OpT};
 use crate::lambda::{LambdaNode, LambdaRegistry, WeightRef};
 use crate::model::Model;
@@ -64,18 +66,6 @@ struct GraphFile {
     #[serde(default)]
     aliases: BTreeMap<String, String>,
     params: BTreeMap<String, ParamRecord>,
-}
-
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let r = write(&tmp).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
 }
 
 impl Model {
@@ -144,12 +134,12 @@ impl Model {
             .map(|(k, p)| (k.to_string(), p.var.as_detached_tensor()))
             .collect();
         let wpath = dir.join(WEIGHTS_FILE);
-        write_atomic(&wpath, |tmp| {
+        write_atomic_with(&wpath, |tmp| {
             candle_core::safetensors::save(&tensors, tmp)
                 .map_err(|e| Error::format(tmp, e.to_string()))
         })?;
-        write_atomic(&graph_path, |tmp| {
-            std::fs::write(tmp, json).map_err(|e| Error::io(tmp, e))
+        write_atomic(&graph_path, |f| {
+            std::io::Write::write_all(f, json.as_bytes())
         })
     }
 

@@ -39,6 +39,7 @@
 pub mod builder;
 pub mod error;
 mod exec;
+pub mod fsio;
 pub mod hooks;
 pub mod io;
 pub mod ir;

@@ -4,6 +4,12 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The most elements one sample of any node may have (2^32, 16 GiB of
+/// float32). Graphs whose shapes exceed it, from a builder, an ONNX file or a
+/// `model.json`, are refused when the node is added, before anything is
+/// allocated.
+pub const MAX_ELEMENTS: usize = 1 << 32;
+
 /// The per-sample shape of an activation, in NCHW order without the N.
 ///
 /// ```
@@ -34,6 +40,11 @@ impl Shape {
     /// Elements in one sample.
     pub fn elem_count(&self) -> usize {
         self.0.iter().product()
+    }
+
+    /// The number of elements per sample, or `None` when the product overflows.
+    pub fn checked_elem_count(&self) -> Option<usize> {
+        self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
 
     /// The full tensor dims for a batch of `n`.

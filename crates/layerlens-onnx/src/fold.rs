@@ -6,11 +6,50 @@ use crate::tensor::{Const, Data, BATCH};
 fn axis(a: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
     let x = if a < 0 { a + r } else { a };
-    if (0..r.max(1)).contains(&x) {
+    if (0..r).contains(&x) {
         Ok(x as usize)
     } else {
         Err(format!("axis {a} out of range for rank {rank}"))
     }
+}
+
+/// Squeeze / Unsqueeze axes: each in range for `rank` (negative counts from
+/// the end), none twice; sorted.
+pub(crate) fn unique_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, String> {
+    let mut ax: Vec<usize> = axes
+        .iter()
+        .map(|&a| axis(a, rank))
+        .collect::<Result<_, _>>()?;
+    ax.sort_unstable();
+    if ax.windows(2).any(|w| w[0] == w[1]) {
+        return Err(format!("axes {axes:?} name an axis twice"));
+    }
+    Ok(ax)
+}
+
+/// `dims` with a 1 inserted at each of the sorted, unique `axes` of the result.
+pub(crate) fn unsqueeze(dims: &[usize], axes: &[usize]) -> Vec<usize> {
+    let mut out = dims.to_vec();
+    for &a in axes {
+        out.insert(a, 1);
+    }
+    out
+}
+
+/// `dims` without the sorted, unique `axes`, each of which must be a 1.
+pub(crate) fn squeeze(dims: &[usize], axes: &[usize]) -> Result<Vec<usize>, String> {
+    if let Some(&a) = axes.iter().find(|&&a| dims[a] != 1) {
+        return Err(format!(
+            "cannot squeeze axis {a} of size {} (dims {dims:?})",
+            dims[a]
+        ));
+    }
+    Ok(dims
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &d)| d)
+        .collect())
 }
 
 /// Folds `op` over constant inputs, or says why it cannot.
@@ -20,6 +59,14 @@ pub(crate) fn fold(
     attr_ints: &dyn Fn(&str) -> Option<Vec<i64>>,
     attr_int: &dyn Fn(&str) -> Option<i64>,
 ) -> Result<Const, String> {
+    let need = |k: usize| {
+        if inputs.len() < k {
+            Err(format!("needs {k} inputs, has {}", inputs.len()))
+        } else {
+            Ok(())
+        }
+    };
+    need(1)?;
     match op {
         "Identity" | "Cast" => Ok(match (op, attr_int("to")) {
             ("Cast", Some(1)) | ("Cast", Some(11)) => Const {
@@ -30,6 +77,7 @@ pub(crate) fn fold(
             _ => inputs[0].clone(),
         }),
         "Gather" => {
+            need(2)?;
             let (data, idx) = (&inputs[0], &inputs[1]);
             if data.dims.len() != 1 || attr_int("axis").unwrap_or(0) != 0 {
                 return Err("only 1-D Gather on axis 0 is folded".into());
@@ -83,26 +131,11 @@ pub(crate) fn fold(
                 .unwrap_or_default();
             let mut dims = c.dims.clone();
             if op == "Unsqueeze" {
-                let out_rank = dims.len() + axes.len();
-                let mut ax: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| axis(a, out_rank))
-                    .collect::<Result<_, _>>()?;
-                ax.sort_unstable();
-                for a in ax {
-                    dims.insert(a, 1);
-                }
+                dims = unsqueeze(&dims, &unique_axes(&axes, dims.len() + axes.len())?);
             } else if axes.is_empty() {
                 dims.retain(|&d| d != 1);
             } else {
-                let mut ax: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| axis(a, dims.len()))
-                    .collect::<Result<_, _>>()?;
-                ax.sort_unstable();
-                for a in ax.into_iter().rev() {
-                    dims.remove(a);
-                }
+                dims = squeeze(&dims, &unique_axes(&axes, dims.len())?)?;
             }
             Ok(Const {
                 dims,
@@ -110,8 +143,12 @@ pub(crate) fn fold(
             })
         }
         "Add" | "Sub" | "Mul" | "Div" => {
+            need(2)?;
             let (a, b) = (&inputs[0], &inputs[1]);
             let (n, m) = (a.len(), b.len());
+            if n == 0 || m == 0 {
+                return Err("arithmetic on an empty constant is not folded".into());
+            }
             if n != m && n != 1 && m != 1 {
                 return Err("only equal-size or scalar constant arithmetic is folded".into());
             }
@@ -127,22 +164,18 @@ pub(crate) fn fold(
                         .map(|i| {
                             let (p, q) = (x[i % n], y[i % m]);
                             if p == BATCH || q == BATCH {
-                                return BATCH;
+                                return Ok(BATCH);
                             }
                             match op {
-                                "Add" => p + q,
-                                "Sub" => p - q,
-                                "Mul" => p * q,
-                                _ => {
-                                    if q == 0 {
-                                        0
-                                    } else {
-                                        p / q
-                                    }
-                                }
+                                "Add" => p.checked_add(q),
+                                "Sub" => p.checked_sub(q),
+                                "Mul" => p.checked_mul(q),
+                                _ if q == 0 => Some(0),
+                                _ => p.checked_div(q),
                             }
+                            .ok_or_else(|| format!("{op} of {p} and {q} overflows 64 bits"))
                         })
-                        .collect();
+                        .collect::<Result<_, _>>()?;
                     Ok(Const::i64s(dims, v))
                 }
                 _ => {

@@ -174,7 +174,9 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
                 .map(|d| d.ok_or_else(|| bad(format!("input '{}' has a symbolic non-batch dimension {dims:?}: give its shape in ImportOptions::input_shapes", vi.name))))
                 .collect::<Result<Vec<_>>>()?,
         };
-        let r = im.g.input(&sanitize(&vi.name), per_sample)?;
+        let r =
+            im.g.input(&sanitize(&vi.name), per_sample)
+                .map_err(|e| bad(format!("input '{}': {e}", vi.name)))?;
         im.values.insert(vi.name.clone(), Value::Node(r));
     }
     for (i, n) in graph.node.iter().enumerate() {
@@ -242,6 +244,23 @@ impl Importer<'_> {
         match n.input.get(i).filter(|s| !s.is_empty()) {
             None => Ok(None),
             Some(_) => self.constant(n, i).map(Some),
+        }
+    }
+
+    /// Optional input `i` as one number (a scalar or one-element constant).
+    fn opt_scalar(&self, n: &NodeProto, i: usize, what: &str) -> Result<Option<f32>> {
+        match self.opt_constant(n, i)? {
+            None => Ok(None),
+            Some(c) => match c.floats().as_slice() {
+                [v] => Ok(Some(*v)),
+                other => Err(self.err(
+                    n,
+                    format!(
+                        "{what} (input {i}) must hold one value, holds {}",
+                        other.len()
+                    ),
+                )),
+            },
         }
     }
 
@@ -558,14 +577,8 @@ impl Importer<'_> {
             }
             "Clip" => {
                 let (min, max) = if self.opset >= 11 {
-                    let lo = self
-                        .opt_constant(n, 1)?
-                        .map(|c| c.floats()[0])
-                        .unwrap_or(f32::NEG_INFINITY);
-                    let hi = self
-                        .opt_constant(n, 2)?
-                        .map(|c| c.floats()[0])
-                        .unwrap_or(f32::INFINITY);
+                    let lo = self.opt_scalar(n, 1, "min")?.unwrap_or(f32::NEG_INFINITY);
+                    let hi = self.opt_scalar(n, 2, "max")?.unwrap_or(f32::INFINITY);
                     (lo, hi)
                 } else {
                     (
@@ -607,8 +620,12 @@ impl Importer<'_> {
                 if Self::int(n, "ceil_mode").unwrap_or(0) == 1 {
                     // ceil_mode only matters when a partial window remains.
                     let p = pad.resolve(hw, k, s, [1, 1]);
+                    // A window larger than the padded input is refused by Pool2d below.
                     let rem = |i: usize, pa: usize, pb: usize, kk: usize, ss: usize| {
-                        !(i + pa + pb - kk).is_multiple_of(ss)
+                        i.checked_add(pa)
+                            .and_then(|v| v.checked_add(pb))
+                            .and_then(|v| v.checked_sub(kk))
+                            .is_some_and(|v| !v.is_multiple_of(ss))
                     };
                     if rem(hw.0, p[0], p[1], k[0], s[0]) || rem(hw.1, p[2], p[3], k[1], s[1]) {
                         return Err(self.err(
@@ -653,42 +670,28 @@ impl Importer<'_> {
                     None => Self::ints(n, "axes").unwrap_or_default(),
                 };
                 let dims = self.g.shape(x).dims().to_vec();
-                let mut full: Vec<usize> = std::iter::once(1).chain(dims.iter().copied()).collect();
+                let full: Vec<usize> = std::iter::once(1).chain(dims.iter().copied()).collect();
                 let out_rank = if op == "Unsqueeze" {
                     full.len() + axes.len()
                 } else {
                     full.len()
                 };
-                let mut ax: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| {
-                        if a < 0 {
-                            (a + out_rank as i64) as usize
-                        } else {
-                            a as usize
-                        }
-                    })
-                    .collect();
-                ax.sort_unstable();
+                let ax = crate::fold::unique_axes(&axes, out_rank).map_err(|m| self.err(n, m))?;
                 if ax.contains(&0) {
                     return Err(self.err(
                         n,
                         "squeezing or unsqueezing the batch axis is not supported".into(),
                     ));
                 }
-                if op == "Unsqueeze" {
-                    for a in ax {
-                        full.insert(a, 1);
-                    }
+                let full = if op == "Unsqueeze" {
+                    crate::fold::unsqueeze(&full, &ax)
                 } else if ax.is_empty() {
-                    full = std::iter::once(1)
+                    std::iter::once(1)
                         .chain(dims.iter().copied().filter(|&d| d != 1))
-                        .collect();
+                        .collect()
                 } else {
-                    for a in ax.into_iter().rev() {
-                        full.remove(a);
-                    }
-                }
+                    crate::fold::squeeze(&full, &ax).map_err(|m| self.err(n, m))?
+                };
                 let target: Vec<isize> = full[1..].iter().map(|&d| d as isize).collect();
                 self.g.add_as(&name, Reshape::new(target), &[x])?
             }
@@ -783,7 +786,12 @@ impl Importer<'_> {
                             .push((format!("{name}.constant"), Self::tensor(c)?));
                         r
                     }
-                    (Value::Const(_), Value::Const(_)) => unreachable!("folded above"),
+                    (Value::Const(_), Value::Const(_)) => {
+                        return Err(self.err(
+                            n,
+                            "both operands are constants but another input is not".into(),
+                        ))
+                    }
                 }
             }
             "Concat" => {
@@ -824,13 +832,15 @@ impl Importer<'_> {
                 }
                 let uniform = |v: Option<Vec<i64>>, d: i64, what: &str| -> Result<usize> {
                     let v = v.unwrap_or_else(|| vec![d; 2]);
-                    if v.iter().any(|&x| x != v[0] || x < 0) {
-                        return Err(self.err(
+                    match v.first() {
+                        Some(&first) if first >= 0 && v.iter().all(|&x| x == first) => {
+                            Ok(first as usize)
+                        }
+                        _ => Err(self.err(
                             n,
                             format!("{what} {v:?}: only equal, non-negative values are supported"),
-                        ));
+                        )),
                     }
-                    Ok(v[0] as usize)
                 };
                 let b = self.opt_constant(n, 2)?;
                 let ct = ConvTranspose2d {
@@ -857,10 +867,7 @@ impl Importer<'_> {
                     .map(|a| String::from_utf8_lossy(&a.s).to_string())
                     .unwrap_or_else(|| "constant".into());
                 let (pads, value) = if self.opset >= 11 {
-                    let v = self
-                        .opt_constant(n, 2)?
-                        .map(|c| c.floats()[0])
-                        .unwrap_or(0.0);
+                    let v = self.opt_scalar(n, 2, "constant_value")?.unwrap_or(0.0);
                     (self.constant(n, 1)?.ints(), v)
                 } else {
                     (
@@ -911,7 +918,18 @@ impl Importer<'_> {
                 self.g.add_as(&name, Permute { perm: per }, &[x])?
             }
             "Resize" | "Upsample" => {
-                let (h, w) = self.spatial(x);
+                let (h, w) = match self.g.shape(x).chw() {
+                    Some((_, h, w)) => (h, w),
+                    None => {
+                        return Err(self.err(
+                            n,
+                            format!(
+                                "resizes a {} tensor; only NCHW is supported",
+                                self.g.shape(x)
+                            ),
+                        ))
+                    }
+                };
                 let scales_input = if op == "Upsample" { 1 } else { 2 };
                 let scales = match self.opt_constant(n, scales_input)? {
                     Some(c) if c.len() > 0 => Some(c.floats()),
@@ -922,10 +940,21 @@ impl Importer<'_> {
                 } else {
                     None
                 };
+                let positive = |v: f64| {
+                    (v.is_finite() && v >= 1.0 && v <= layerlens_core::shape::MAX_ELEMENTS as f64)
+                        .then_some(v as usize)
+                };
                 let size = match (sizes, scales) {
-                    (Some(s), _) if s.len() == 4 => [s[2] as usize, s[3] as usize],
+                    (Some(s), _) if s.len() == 4 => match (positive(s[2] as f64), positive(s[3] as f64)) {
+                        (Some(a), Some(b)) => [a, b],
+                        _ => return Err(self.err(n, format!("sizes {s:?}: the spatial sizes must be positive"))),
+                    },
                     (_, Some(s)) if s.len() == 4 && s[0] == 1.0 && s[1] == 1.0 => {
-                        [(h as f32 * s[2]).floor() as usize, (w as f32 * s[3]).floor() as usize]
+                        let scaled = |n: usize, f: f32| positive((n as f64 * f as f64).floor());
+                        match (scaled(h, s[2]), scaled(w, s[3])) {
+                            (Some(a), Some(b)) => [a, b],
+                            _ => return Err(self.err(n, format!("scales {s:?} on {h}x{w}: the output must be at least 1x1"))),
+                        }
                     }
                     _ => return Err(self.err(n, "only NCHW resizing of the spatial axes (scales [1, 1, sh, sw] or 4 sizes) is supported".into())),
                 };

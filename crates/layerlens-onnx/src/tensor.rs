@@ -51,6 +51,71 @@ fn le_chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
         .map(|c| c.try_into().expect("chunk size"))
 }
 
+/// The bytes of an external-data tensor: `location` must be a relative path
+/// inside `base` (no `..`, not absolute), and only `offset..offset + length`
+/// of the file is read, after checking that the file holds it.
+fn read_external(t: &TensorProto, base: &Path) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.clone())
+    };
+    let loc = get("location").ok_or("external data without a location")?;
+    let rel = Path::new(&loc);
+    if loc.is_empty()
+        || !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "external data location '{}' is not a relative path inside the model's directory",
+            loc.escape_debug()
+        ));
+    }
+    let path = base.join(rel);
+    let mut f = std::fs::File::open(&path)
+        .map_err(|e| format!("external data file {}: {e}", path.display()))?;
+    let size = f
+        .metadata()
+        .map_err(|e| format!("external data file {}: {e}", path.display()))?
+        .len();
+    let number = |k: &str| -> Result<Option<u64>, String> {
+        get(k)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("bad {k} '{}'", v.escape_debug()))
+            })
+            .transpose()
+    };
+    let offset = number("offset")?.unwrap_or(0);
+    let length = match number("length")? {
+        Some(l) => l,
+        None => size.saturating_sub(offset),
+    };
+    let end = offset
+        .checked_add(length)
+        .filter(|&e| e <= size)
+        .ok_or_else(|| {
+            format!(
+            "external data {}: {length} bytes at offset {offset} lie past its end ({size} bytes)",
+            path.display()
+        )
+        })?;
+    let mut bytes = Vec::with_capacity((end - offset) as usize);
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.take(length).read_to_end(&mut bytes))
+        .map_err(|e| format!("external data file {}: {e}", path.display()))?;
+    if bytes.len() as u64 != length {
+        return Err(format!(
+            "external data {}: the file is shorter than it was",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Decodes `t`; `base` is the directory external data paths are relative to.
 pub(crate) fn decode(t: &TensorProto, base: &Path) -> Result<Const, String> {
     let dims: Vec<usize> = t
@@ -58,40 +123,28 @@ pub(crate) fn decode(t: &TensorProto, base: &Path) -> Result<Const, String> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
         .collect::<Result<_, _>>()?;
-    let n: usize = dims.iter().product();
+    let n = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("dims {dims:?}: the element count overflows"))?;
     let external;
     let raw: &[u8] = if t.data_location == 1 {
-        let get = |k: &str| {
-            t.external_data
-                .iter()
-                .find(|e| e.key == k)
-                .map(|e| e.value.clone())
-        };
-        let loc = get("location").ok_or("external data without a location")?;
-        let path = base.join(&loc);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| format!("external data file {}: {e}", path.display()))?;
-        let offset: usize = get("offset")
-            .map(|v| v.parse().map_err(|_| format!("bad offset '{v}'")))
-            .transpose()?
-            .unwrap_or(0);
-        let length: usize = match get("length") {
-            Some(v) => v.parse().map_err(|_| format!("bad length '{v}'"))?,
-            None => bytes.len().saturating_sub(offset),
-        };
-        if offset + length > bytes.len() {
-            return Err(format!(
-                "external data {}: bytes {offset}..{} past the end ({} bytes)",
-                path.display(),
-                offset + length,
-                bytes.len()
-            ));
-        }
-        external = bytes[offset..offset + length].to_vec();
+        external = read_external(t, base)?;
         &external
     } else {
         &t.raw_data
     };
+    let elem = match t.data_type {
+        data_type::FLOAT | data_type::INT32 => 4,
+        data_type::DOUBLE | data_type::INT64 => 8,
+        _ => 1,
+    };
+    if !raw.len().is_multiple_of(elem) {
+        return Err(format!(
+            "raw data of {} bytes is not a whole number of {elem}-byte values",
+            raw.len()
+        ));
+    }
     let data = match t.data_type {
         data_type::FLOAT if !raw.is_empty() => Data::F32(le_chunks::<4>(raw).map(f32::from_le_bytes).collect()),
         data_type::FLOAT => Data::F32(t.float_data.clone()),

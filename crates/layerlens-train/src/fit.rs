@@ -230,14 +230,11 @@ fn save_checkpoint(
         "history".into(),
         Tensor::new(hist.as_bytes(), &candle_core::Device::Cpu)?,
     );
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::Format {
-        path: tmp.display().to_string(),
-        message: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
+    layerlens_core::fsio::write_atomic_with(path, |tmp| {
+        candle_core::safetensors::save(&tensors, tmp).map_err(|e| Error::Format {
+            path: tmp.display().to_string(),
+            message: e.to_string(),
+        })
     })
 }
 

@@ -289,19 +289,14 @@ pub fn filter_grid(weight: &Tensor, columns: usize, tile: u32) -> Result<RgbImag
     Ok(img)
 }
 
-/// Saves a PNG under a temporary name and renames it into place, so an
-/// interrupted run never leaves a truncated picture that looks complete.
+/// Saves a PNG under a temporary name, synced and renamed into place
+/// ([`layerlens_core::fsio::write_atomic`]), so an interrupted run never leaves
+/// a truncated picture that looks complete.
 pub fn save_png(img: &RgbImage, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| Error::Format {
-            path: tmp.display().to_string(),
-            message: format!("cannot write PNG: {e}"),
-        })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
+    layerlens_core::fsio::write_atomic(path, |w| {
+        img.write_to(w, image::ImageFormat::Png)
+            .map_err(std::io::Error::other)
     })
 }
 

@@ -21,7 +21,9 @@
 //! unfinished run, which [`DatasetOptions::resume`] continues, skipping the
 //! complete shards. Shard `s` belongs to part `K = s % N + 1` of a [`ShardSpec`] `K/N`,
 //! so `N` jobs given the same inputs write disjoint shard files whose union is
-//! the whole run.
+//! the whole run. `OUT/.layerlens.lock` ([`layerlens_core::fsio::DirLock`]) is
+//! held (`flock`) while a job writes into `OUT`, so a second job on the same
+//! directory fails at once; the kernel releases it when the job dies.
 //!
 //! Decoding runs on its own threads, a few batches ahead of the model (a
 //! bounded channel), so memory is bounded by the shard size and the prefetch
@@ -29,6 +31,7 @@
 
 use crate::preprocess::ImageLoader;
 use layerlens_core::candle_core::{DType, Tensor};
+use layerlens_core::fsio::{DirLock, LOCK_FILE};
 use layerlens_core::{Error, Model, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -446,6 +449,11 @@ pub fn extract_dataset(
         inputs_crc32: format!("{crc:08x}"),
     };
     let out = &options.out;
+    // One job per directory: a second one fails here at once. The kernel drops
+    // the lock when this process ends, however it ends, so --resume after a
+    // kill finds it free.
+    std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+    let _lock = DirLock::acquire(out, "extract")?;
     prepare_out_dir(out, &record, options.resume)?;
 
     let shard_count = count.div_ceil(rows_per_shard);
@@ -755,7 +763,7 @@ fn prepare_out_dir(out: &Path, record: &RunRecord, resume: bool) -> Result<()> {
     let json =
         serde_json::to_vec_pretty(record).map_err(|e| Error::invalid("extract", e.to_string()))?;
     let exists_non_empty = std::fs::read_dir(out)
-        .map(|mut d| d.next().is_some())
+        .map(|mut d| d.any(|e| e.map_or(true, |e| e.file_name() != LOCK_FILE)))
         .unwrap_or(false);
     if exists_non_empty {
         if !resume {
@@ -872,36 +880,10 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
 }
 
 /// Writes a file through `PATH.tmp`: filled by `fill`, synced, renamed into
-/// place. A reader never sees a partial file under `path`; on error the
-/// temporary file is removed.
-pub fn write_file_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let tmp = tmp_path(path);
-    let r = (|| {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        fill(&mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?;
-        commit_tmp(&tmp, path)
-    })();
-    r.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_error(path, e)
-    })
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    PathBuf::from(tmp)
-}
-
-/// Syncs a finished temporary file and renames it over `path`.
-fn commit_tmp(tmp: &Path, path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(tmp)?.sync_all()?;
-    std::fs::rename(tmp, path)
-}
+/// place, with the umask's mode ([`layerlens_core::fsio::write_atomic`]). A
+/// reader never sees a partial file under `path`; on error the temporary file
+/// is removed.
+pub use layerlens_core::fsio::write_atomic as write_file_atomic;
 
 /// Writes named tensors (batch first, one row per entry of `rows`) to `path`
 /// in `format`, atomically. `meta` goes into the file's metadata where the
@@ -970,18 +952,12 @@ fn write_layers(
                 "layerlens".to_string(),
                 serde_json::to_string(meta).map_err(json_err)?,
             )]);
-            let tmp = tmp_path(path);
-            let r = safetensors::serialize_to_file(
-                layers.iter().map(|l| (l.name, l)),
-                Some(info),
-                &tmp,
-            )
-            .map_err(|e| Error::invalid("extract", format!("{}: {e}", path.display())))
-            .and_then(|()| commit_tmp(&tmp, path).map_err(|e| io_error(path, e)));
-            if r.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            r
+            // safetensors writes a 0600 temporary file of its own and renames
+            // it to `tmp`; write_atomic_with gives the result the umask's mode.
+            layerlens_core::fsio::write_atomic_with(path, |tmp| {
+                safetensors::serialize_to_file(layers.iter().map(|l| (l.name, l)), Some(info), tmp)
+                    .map_err(|e| Error::invalid("extract", format!("{}: {e}", path.display())))
+            })
         }
         OutputFormat::Npy if path.extension().is_some_and(|e| e == "npy") => {
             let [layer] = layers else {

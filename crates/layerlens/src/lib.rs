@@ -23,6 +23,7 @@
 
 pub mod extract;
 pub mod preprocess;
+mod pth;
 pub mod weights;
 pub mod zoo;
 

@@ -1,13 +1,18 @@
-//! Loading PyTorch weights: state dicts from `.pth` / `.pt` (zip + pickle, read by
-//! candle without Python) and from `.safetensors`, matched to a model's
-//! parameters by key.
+//! Loading PyTorch weights: state dicts from `.pth` / `.pt` (zip + pickle, or
+//! the legacy format, read without Python by layerlens' own bounded pickle
+//! reader, which executes nothing and refuses every global a state dict does
+//! not need; see docs/reliability.md) and from `.safetensors`, matched to a
+//! model's parameters by key.
 
 use layerlens_core::candle_core::{Device, Tensor};
 use layerlens_core::{Error, Model, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Reads a state dict: `.safetensors`, or a PyTorch `.pth` / `.pt` / `.bin` file.
+pub use crate::pth::{ALLOWED_GLOBALS, MAX_DEPTH, OPCODES};
+
+/// Reads a state dict: `.safetensors`, or a PyTorch `.pth` / `.pt` / `.bin` /
+/// `.ckpt` file (zip format or legacy format, told apart by their first bytes).
 pub fn read_state_dict(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>> {
     let path = path.as_ref();
     let bad = |m: String| Error::Format {
@@ -18,147 +23,41 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor
         return Err(bad("no such file".into()));
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let pairs: Vec<(String, Tensor)> = match ext {
-        "safetensors" => layerlens_core::candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?
-            .into_iter()
-            .collect(),
+    match ext {
+        "safetensors" => Ok(
+            layerlens_core::candle_core::safetensors::load(path, &Device::Cpu)
+                .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?
+                .into_iter()
+                .collect(),
+        ),
         "pth" | "pt" | "bin" | "ckpt" => {
-            if is_legacy_pth(path).map_err(|e| bad(e.to_string()))? {
-                read_legacy_pth(path).map_err(|e| {
-                    bad(format!(
-                        "not a readable legacy PyTorch state dict: {}",
-                        first_line(&e)
-                    ))
-                })?
-            } else {
-                layerlens_core::candle_core::pickle::read_all(path).map_err(|e| {
-                    bad(format!(
-                        "not a readable PyTorch state dict (zip + pickle): {}",
-                        first_line(&e)
-                    ))
-                })?
+            let io = |source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            let f = std::fs::File::open(path).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            let pairs = crate::pth::read(f, len).map_err(bad)?;
+            Ok(pairs.into_iter().collect())
+        }
+        other => Err(bad(format!(
+            "unknown weights format '.{other}' (use .pth, .pt or .safetensors)"
+        ))),
+    }
+}
+
+/// Reads a PyTorch state dict (zip or legacy format) from bytes in memory;
+/// `what` names the source in errors. Malformed or hostile bytes give an
+/// [`Error::Format`], never a panic, and nothing in them is executed.
+pub fn read_pth_bytes(bytes: &[u8], what: &str) -> Result<BTreeMap<String, Tensor>> {
+    let pairs =
+        crate::pth::read(std::io::Cursor::new(bytes), bytes.len() as u64).map_err(|message| {
+            Error::Format {
+                path: what.to_string(),
+                message,
             }
-        }
-        other => {
-            return Err(bad(format!(
-                "unknown weights format '.{other}' (use .pth, .pt or .safetensors)"
-            )))
-        }
-    };
-    Ok(pairs.into_iter().collect())
-}
-
-/// candle errors can carry a backtrace after the message; errors here are one line.
-fn first_line(e: &impl std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or("").to_string()
-}
-
-/// The pickle of PyTorch's legacy (pre-1.6, non-zip) format starts with this
-/// magic number as a protocol-2 LONG1.
-const LEGACY_MAGIC: [u8; 15] = [
-    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
-];
-
-fn is_legacy_pth(path: &Path) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut head = [0u8; 15];
-    let n = std::fs::File::open(path)?.read(&mut head)?;
-    Ok(n == head.len() && head == LEGACY_MAGIC)
-}
-
-/// Reads PyTorch's legacy serialisation (`torch.save` before 1.6, or with
-/// `_use_new_zipfile_serialization=False`): five pickles (magic, protocol,
-/// system info, the object, the storage keys) followed by each storage as a
-/// little-endian i64 element count and its raw bytes.
-fn read_legacy_pth(path: &Path) -> layerlens_core::candle_core::Result<Vec<(String, Tensor)>> {
-    use layerlens_core::candle_core::pickle::{Object, Stack};
-    use layerlens_core::candle_core::{bail, Error as CErr};
-    use std::io::Read;
-    let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut magic = [0u8; 15];
-    r.read_exact(&mut magic)?;
-    let next =
-        |r: &mut std::io::BufReader<std::fs::File>| -> layerlens_core::candle_core::Result<Object> {
-            let mut st = Stack::empty();
-            st.read_loop(r)?;
-            st.finalize()
-        };
-    let _protocol = next(&mut r)?;
-    let _sys_info = next(&mut r)?;
-    let obj = next(&mut r)?;
-    let keys = match next(&mut r)? {
-        Object::List(k) => k
-            .into_iter()
-            .map(|k| {
-                k.unicode()
-                    .map_err(|o| CErr::Msg(format!("bad storage key {o:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        other => bail!("expected the list of storage keys, found {other:?}"),
-    };
-    let Object::Dict(entries) = obj else {
-        bail!("the pickled object is not a state dict")
-    };
-    let infos: Vec<_> = entries
-        .into_iter()
-        .filter_map(|(name, value)| value.into_tensor_info(name, Path::new("")).transpose())
-        .collect::<Result<_, _>>()?;
-    let mut storages = std::collections::HashMap::new();
-    for key in keys {
-        let mut n = [0u8; 8];
-        r.read_exact(&mut n)?;
-        let numel = i64::from_le_bytes(n) as usize;
-        let dtype = infos
-            .iter()
-            .find(|i| i.path.trim_start_matches('/') == key)
-            .map(|i| i.dtype)
-            .ok_or_else(|| CErr::Msg(format!("storage '{key}' is used by no tensor")))?;
-        let mut bytes = vec![0u8; numel * dtype.size_in_bytes()];
-        r.read_exact(&mut bytes)?;
-        storages.insert(
-            key,
-            Tensor::from_raw_buffer(&bytes, dtype, &[numel], &Device::Cpu)?,
-        );
-    }
-    let mut out = Vec::with_capacity(infos.len());
-    for info in infos {
-        let key = info.path.trim_start_matches('/');
-        let storage = storages.get(key).ok_or_else(|| {
-            CErr::Msg(format!(
-                "tensor '{}' uses missing storage '{key}'",
-                info.name
-            ))
         })?;
-        let l = &info.layout;
-        let dims = l.shape().dims();
-        // Any permutation of a contiguous layout (e.g. a transposed Linear weight):
-        // lay the storage out in stride order, then permute back.
-        let mut order: Vec<usize> = (0..dims.len()).collect();
-        order.sort_by(|&a, &b| l.stride()[b].cmp(&l.stride()[a]).then(a.cmp(&b)));
-        let mut expect = 1usize;
-        let permuted_contiguous = order.iter().rev().all(|&d| {
-            let ok = dims[d] == 1 || l.stride()[d] == expect;
-            expect *= dims[d];
-            ok
-        });
-        if !permuted_contiguous {
-            bail!("tensor '{}' has an unsupported strided layout {:?}; re-save it with a current PyTorch", info.name, l.stride());
-        }
-        let start = l.start_offset() / info.dtype.size_in_bytes();
-        let sorted: Vec<usize> = order.iter().map(|&d| dims[d]).collect();
-        let mut inverse = vec![0usize; order.len()];
-        for (i, &d) in order.iter().enumerate() {
-            inverse[d] = i;
-        }
-        let t = storage
-            .narrow(0, start, l.shape().elem_count())?
-            .reshape(sorted)?
-            .permute(inverse)?
-            .contiguous()?;
-        out.push((info.name, t));
-    }
-    Ok(out)
+    Ok(pairs.into_iter().collect())
 }
 
 /// What [`load_state_dict`] matched.

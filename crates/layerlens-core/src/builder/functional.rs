@@ -506,6 +506,18 @@ impl Functional {
                 shape
             }
         };
+        if shape
+            .checked_elem_count()
+            .is_none_or(|n| n > crate::shape::MAX_ELEMENTS)
+        {
+            return Err(Error::invalid(
+                &name,
+                format!(
+                    "output shape {shape} has more than {} elements per sample",
+                    crate::shape::MAX_ELEMENTS
+                ),
+            ));
+        }
         let id = self.graph.nodes.len();
         self.graph.index.insert(name.clone(), id);
         self.graph.nodes.push(Node {

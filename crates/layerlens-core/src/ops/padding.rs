@@ -36,10 +36,13 @@ impl Padding {
             Padding::Valid => [0; 4],
             Padding::Explicit(p) => p,
             Padding::Same => {
+                // Saturating: geometry from a file may be absurd; the op's
+                // own checks then refuse it with a message.
                 let total = |n: usize, k: usize, s: usize, d: usize| {
-                    let out = n.div_ceil(s);
-                    let eff = (k - 1) * d + 1;
-                    ((out - 1) * s + eff).saturating_sub(n)
+                    let s = s.max(1);
+                    let out = n.div_ceil(s).max(1);
+                    let eff = k.saturating_sub(1).saturating_mul(d).saturating_add(1);
+                    ((out - 1).saturating_mul(s).saturating_add(eff)).saturating_sub(n)
                 };
                 let th = total(h, kernel[0], stride[0], dilation[0]);
                 let tw = total(w, kernel[1], stride[1], dilation[1]);
@@ -60,10 +63,25 @@ pub(crate) fn window_output(
     dilation: [usize; 2],
     pads: [usize; 4],
 ) -> Result<(usize, usize)> {
-    let eff_h = (kernel[0] - 1) * dilation[0] + 1;
-    let eff_w = (kernel[1] - 1) * dilation[1] + 1;
-    let ph = h + pads[0] + pads[1];
-    let pw = w + pads[2] + pads[3];
+    let too_big = || {
+        Error::invalid(node, format!("{what} geometry overflows: kernel {kernel:?}, dilation {dilation:?}, pads {pads:?}"))
+    };
+    let eff = |k: usize, d: usize| {
+        k.checked_sub(1)
+            .and_then(|k| k.checked_mul(d))
+            .and_then(|e| e.checked_add(1))
+    };
+    let padded = |n: usize, a: usize, b: usize| n.checked_add(a).and_then(|n| n.checked_add(b));
+    let eff_h = eff(kernel[0], dilation[0]).ok_or_else(too_big)?;
+    let eff_w = eff(kernel[1], dilation[1]).ok_or_else(too_big)?;
+    let ph = padded(h, pads[0], pads[1]).ok_or_else(too_big)?;
+    let pw = padded(w, pads[2], pads[3]).ok_or_else(too_big)?;
+    if stride.contains(&0) {
+        return Err(Error::invalid(
+            node,
+            format!("{what} stride {stride:?} must be positive"),
+        ));
+    }
     if eff_h > ph || eff_w > pw {
         return Err(Error::shape(
             node,

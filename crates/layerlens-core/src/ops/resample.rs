@@ -77,9 +77,19 @@ impl LayerOp for ConvTranspose2d {
         }
         self.in_channels = c;
         let out = |n: usize| -> Result<usize> {
-            let full =
-                (n - 1) * self.stride + self.dilation * (self.kernel - 1) + self.output_padding + 1;
-            full.checked_sub(2 * self.padding)
+            let full = n
+                .checked_sub(1)
+                .and_then(|n| n.checked_mul(self.stride))
+                .and_then(|a| {
+                    self.dilation
+                        .checked_mul(self.kernel - 1)
+                        .and_then(|b| a.checked_add(b))
+                })
+                .and_then(|a| a.checked_add(self.output_padding + 1))
+                .ok_or_else(|| {
+                    Error::invalid(ctx.node, "transposed convolution geometry overflows")
+                })?;
+            full.checked_sub(self.padding.saturating_mul(2))
                 .filter(|&v| v > 0)
                 .ok_or_else(|| {
                     Error::shape(
@@ -164,10 +174,15 @@ impl LayerOp for Pad2d {
     fn infer(&mut self, ctx: &InferCtx) -> Result<Shape> {
         let s = ctx.single_of_rank(3, "padding")?;
         let (c, h, w) = s.chw().expect("rank checked");
+        let padded = |n: usize, a: usize, b: usize| {
+            n.checked_add(a)
+                .and_then(|n| n.checked_add(b))
+                .ok_or_else(|| Error::invalid(ctx.node, format!("pads {:?} overflow", self.pads)))
+        };
         Ok(Shape::new([
             c,
-            h + self.pads[0] + self.pads[1],
-            w + self.pads[2] + self.pads[3],
+            padded(h, self.pads[0], self.pads[1])?,
+            padded(w, self.pads[2], self.pads[3])?,
         ]))
     }
     fn forward(&self, inputs: &[Tensor], ctx: &ForwardCtx) -> Result<Tensor> {

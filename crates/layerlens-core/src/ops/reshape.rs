@@ -61,7 +61,11 @@ impl Reshape {
                         format!("reshape target {target:?} has a non-positive size"),
                     ))
                 }
-                d => known *= d as usize,
+                d => {
+                    known = known.checked_mul(d as usize).ok_or_else(|| {
+                        Error::invalid(node, format!("reshape target {target:?} overflows"))
+                    })?
+                }
             }
         }
         let mut out: Vec<usize> = target.iter().map(|&d| d.max(0) as usize).collect();

@@ -1,0 +1,42 @@
+//! Corpus replay on stable: every file under fuzz/regressions/<target>/ goes
+//! through the entry point its fuzz target drives (fuzz/entries.rs, shared by
+//! `#[path]`), and must come back as a value, never a panic. The ONNX and
+//! `.pth` regressions are malformed files, which must be refused with a
+//! one-line error; `model_json` and `image` files may load or be refused.
+//! `catch_unwind` is used here only, to name the file that panicked.
+
+#[path = "../../../fuzz/entries.rs"]
+mod entries;
+
+use std::path::Path;
+
+#[test]
+fn every_regression_file_returns_instead_of_panicking() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
+    let mut replayed = 0;
+    let mut panicked = Vec::new();
+    for (target, entry) in entries::TARGETS {
+        let dir = root.join(target);
+        let Ok(listing) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut files: Vec<_> = listing.map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap();
+            let name = format!("{target}/{}", file.file_name().unwrap().to_string_lossy());
+            match std::panic::catch_unwind(|| entry(&bytes)) {
+                Err(_) => panicked.push(name),
+                Ok(Ok(())) => assert!(
+                    !matches!(*target, "onnx_import" | "pth_state_dict"),
+                    "{name}: a malformed file was accepted"
+                ),
+                Ok(Err(e)) => assert_eq!(e.lines().count(), 1, "{name}: {e}"),
+            }
+            replayed += 1;
+        }
+    }
+    assert!(panicked.is_empty(), "panicked: {panicked:?}");
+    // 24 ONNX and 10 .pth files at least (gen_malformed_onnx.py, gen_pth.py).
+    assert!(replayed >= 34, "only {replayed} regression files found");
+}

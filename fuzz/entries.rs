@@ -1,0 +1,80 @@
+//! The public entry points the fuzz targets drive, one function per target.
+//! Shared (by `#[path]`) with the stable corpus-replay test
+//! crates/layerlens/tests/fuzz_regressions.rs, so that a regression file runs
+//! through exactly what the fuzzer ran. Each returns the error message, if any;
+//! none may panic.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// An entry point: the bytes in, the error message (if any) out.
+pub type Entry = fn(&[u8]) -> Result<(), String>;
+
+/// Every target: its name (the folder under fuzz/regressions/) and entry point.
+pub const TARGETS: &[(&str, Entry)] = &[
+    ("onnx_import", onnx_import),
+    ("pth_state_dict", pth_state_dict),
+    ("model_json", model_json),
+    ("image", image),
+];
+
+/// `layerlens::onnx::import_bytes`; external data resolves against a
+/// directory that does not exist, so it must fail cleanly.
+pub fn onnx_import(data: &[u8]) -> Result<(), String> {
+    layerlens::onnx::import_bytes(
+        data,
+        Path::new("/nonexistent/layerlens-fuzz"),
+        "fuzz.onnx",
+        &layerlens::onnx::ImportOptions::default(),
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
+}
+
+/// `layerlens::weights::read_pth_bytes` (zip and legacy `.pth`).
+pub fn pth_state_dict(data: &[u8]) -> Result<(), String> {
+    layerlens::weights::read_pth_bytes(data, "fuzz.pth")
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// A scratch directory of this process, created on first use.
+fn scratch() -> &'static Mutex<PathBuf> {
+    static DIR: OnceLock<Mutex<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("layerlens-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("scratch directory");
+        Mutex::new(d)
+    })
+}
+
+/// `Model::load` on `data` as `model.json`, beside the valid
+/// `model.safetensors` of the seed CNN.
+pub fn model_json(data: &[u8]) -> Result<(), String> {
+    let dir = scratch().lock().unwrap_or_else(|e| e.into_inner());
+    let model_dir = dir.join("model");
+    if !model_dir.join("model.safetensors").exists() {
+        let m = layerlens::zoo::seed_cnn(true).map_err(|e| e.to_string())?;
+        m.save(&model_dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(model_dir.join("model.json"), data).map_err(|e| e.to_string())?;
+    layerlens::Model::load(&model_dir, &layerlens::candle_core::Device::Cpu)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// `layerlens::preprocess::decode_image` (PNG or JPEG, by the first bytes).
+pub fn image(data: &[u8]) -> Result<(), String> {
+    let dir = scratch().lock().unwrap_or_else(|e| e.into_inner());
+    let ext = if data.starts_with(b"\x89PNG") {
+        "png"
+    } else {
+        "jpg"
+    };
+    let path = dir.join(format!("input.{ext}"));
+    std::fs::write(&path, data).map_err(|e| e.to_string())?;
+    layerlens::preprocess::decode_image(&path)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}

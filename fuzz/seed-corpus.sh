@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Seeds fuzz/corpus/<target>/ (git-ignored) from the repository's small
+# fixtures and from what `layerlens demo` writes: valid inputs the fuzzer
+# mutates. The regression files are added too, so known crashers stay covered.
+# Usage: fuzz/seed-corpus.sh   (then: cd fuzz && cargo +nightly fuzz run TARGET)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+C=fuzz/corpus
+mkdir -p "$C"/{onnx_import,pth_state_dict,model_json,image}
+cp crates/layerlens-onnx/tests/fixtures/*.onnx crates/layerlens/tests/fixtures/resnet18.onnx "$C/onnx_import/"
+cp crates/layerlens/tests/fixtures/pth/*.pth "$C/pth_state_dict/"
+for t in onnx_import pth_state_dict; do cp fuzz/regressions/$t/* "$C/$t/"; done
+# model.json files and PNGs from the demo (trains the seed CNN for ~4 s).
+demo=$(mktemp -d)
+cargo run -q --release -p layerlens-cli -- demo --out "$demo" >/dev/null
+cp "$demo/seed-cnn/model.json" "$C/model_json/seed-cnn.json"
+cp "$demo/features-model/model.json" "$C/model_json/features-model.json"
+cp "$demo"/conv2d.png "$demo"/cam.png "$C/image/"
+rm -rf "$demo"
+ls "$C"/* | head -50

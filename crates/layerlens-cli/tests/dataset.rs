@@ -494,12 +494,19 @@ fn a_second_job_on_the_same_directory_fails_at_once_and_resume_after_sigkill_wor
         !out.join("manifest.jsonl").exists(),
         "A finished before the kill"
     );
+    // What a kill inside a shard write leaves: layerlens' `NAME.tmp` and the
+    // safetensors writer's own `.tmpXXXXXX` sibling. --resume removes both
+    // (whether this run's kill left them or not).
+    std::fs::write(out.join("shard-99999.safetensors.tmp"), b"partial").unwrap();
+    std::fs::write(out.join(".tmpAbC123"), b"partial").unwrap();
     let resumed = under_umask("022", &extract_args(&input, &out, &["--resume"]))
         .output()
         .unwrap();
     let err = ok(&resumed);
     assert!(err.contains("kept from the earlier run"), "{err}");
     assert!(out.join("manifest.jsonl").is_file());
+    assert!(!out.join("shard-99999.safetensors.tmp").exists());
+    assert!(!out.join(".tmpAbC123").exists());
 
     // Every output file follows the umask: 0644 under 022 (safetensors' own
     // temporary files are 0600), whether A or the resumed job wrote it.

@@ -800,7 +800,7 @@ fn prepare_out_dir(out: &Path, record: &RunRecord, resume: bool) -> Result<()> {
         }
         for entry in std::fs::read_dir(out).map_err(|e| io_error(out, e))? {
             let path = entry.map_err(|e| io_error(out, e))?.path();
-            if path.extension().is_some_and(|e| e == "tmp") {
+            if is_stray_temporary(&path) {
                 std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
             }
         }
@@ -808,6 +808,14 @@ fn prepare_out_dir(out: &Path, record: &RunRecord, resume: bool) -> Result<()> {
     }
     std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
     write_file_atomic(&run_path, |f| f.write_all(&json))
+}
+
+/// A file an interrupted run left half-written: layerlens' own `NAME.tmp`, or
+/// the `.tmpXXXXXX` sibling the safetensors writer creates before renaming it
+/// onto layerlens' `.tmp` (a job killed inside that write leaves it behind).
+fn is_stray_temporary(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    path.extension().is_some_and(|e| e == "tmp") || (name.starts_with(".tmp") && path.is_file())
 }
 
 fn describe_difference(before: &RunRecord, now: &RunRecord) -> String {

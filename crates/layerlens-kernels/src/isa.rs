@@ -106,12 +106,22 @@ pub enum IsaError {
     },
 }
 
+/// Every feature the AVX2 copies of [`multiversion!`](crate::multiversion) are
+/// compiled with must be present (a VM can hide some of x86-64-v3's).
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Isa {
     use std::arch::is_x86_feature_detected as has;
-    if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("fma") {
+    let v3 = has!("avx2")
+        && has!("fma")
+        && has!("bmi1")
+        && has!("bmi2")
+        && has!("lzcnt")
+        && has!("popcnt")
+        && has!("f16c");
+    let v4 = v3 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl");
+    if v4 {
         Isa::Avx512
-    } else if has!("avx2") && has!("fma") {
+    } else if v3 {
         Isa::Avx2
     } else {
         Isa::Portable

@@ -1,4 +1,6 @@
-//! CPU kernels behind the ops' interface, and the candle custom ops that run them.
+//! The candle custom ops that run the `layerlens-kernels` crate behind the ops'
+//! interface (the kernels themselves, and their instruction-set dispatch, live
+//! there and are re-exported here).
 //!
 //! candle stays the tensor type and the autograd engine; where a benchmark showed
 //! its CPU kernel to be the bottleneck (convolution, forward and backward: see
@@ -24,8 +26,9 @@ use std::sync::{Arc, OnceLock};
 /// on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelPath {
-    /// layerlens' kernels ([`conv`], [`pool`], [`batch_norm`]): per-sample GEMMs,
-    /// direct depthwise loops, fused epilogues, their own gradients. The default.
+    /// layerlens' kernels ([`conv`], [`pool`], [`batch_norm`]): packed-GEMM and
+    /// Winograd convolutions, direct depthwise loops, fused epilogues, their own
+    /// gradients, on the instruction-set path [`isa::active`] gives. The default.
     Fast,
     /// candle's `conv2d` and pooling, and their autograd (`conv_transpose2d` for
     /// the input gradient; layerlens' workarounds for its pooling backward);

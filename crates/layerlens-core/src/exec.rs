@@ -66,7 +66,7 @@ impl Model {
                 }
             };
             if hooks_on {
-                for hook in self.hooks.for_node(id) {
+                for hook in self.hooks.for_node(&node.name) {
                     let ctx = HookCtx {
                         node: &node.name,
                         layer: &node.layer,

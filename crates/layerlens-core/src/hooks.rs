@@ -3,7 +3,6 @@
 //! its [`HookHandle`].
 
 use crate::error::Result;
-use crate::ir::NodeId;
 use candle_core::Tensor;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +25,9 @@ pub type HookFn = dyn Fn(&HookCtx, &Tensor) -> Result<Option<Tensor>> + Send + S
 
 pub(crate) struct HookEntry {
     id: u64,
-    pub(crate) nodes: HashSet<NodeId>,
+    /// The names of the nodes it fires on: names, not ids, so that the models
+    /// derived from one (sub-models, extensions) share its hooks.
+    pub(crate) nodes: HashSet<String>,
     pub(crate) f: Arc<HookFn>,
 }
 
@@ -38,7 +39,7 @@ pub(crate) struct HookTable {
 }
 
 impl HookTable {
-    pub(crate) fn add(self: &Arc<Self>, nodes: HashSet<NodeId>, f: Arc<HookFn>) -> HookHandle {
+    pub(crate) fn add(self: &Arc<Self>, nodes: HashSet<String>, f: Arc<HookFn>) -> HookHandle {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.entries
             .write()
@@ -50,12 +51,12 @@ impl HookTable {
         }
     }
 
-    /// The hooks that fire on `node`, in registration order.
-    pub(crate) fn for_node(&self, node: NodeId) -> Vec<Arc<HookFn>> {
+    /// The hooks that fire on the node named `node`, in registration order.
+    pub(crate) fn for_node(&self, node: &str) -> Vec<Arc<HookFn>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .filter(|e| e.nodes.contains(&node))
+            .filter(|e| e.nodes.contains(node))
             .map(|e| e.f.clone())
             .collect()
     }

@@ -262,18 +262,23 @@ impl Model {
 
     /// A model whose outputs are the nodes picked by `selectors`; it contains
     /// only their ancestors and shares this model's weights (updates to either
-    /// are seen by both).
+    /// are seen by both) and its forward hooks (a hook registered on either
+    /// fires in both, as a PyTorch hook fires wherever its module runs).
     pub fn submodel<S: AsRef<str>>(&self, selectors: &[S]) -> Result<Model> {
         let ids = self.graph.select(selectors)?;
         let g = self.graph.prune(&ids);
         let params = used_params(&g, &self.params);
-        Model::from_parts(g, params, self.device.clone())
+        let mut sub = Model::from_parts(g, params, self.device.clone())?;
+        sub.hooks = self.hooks.clone();
+        Ok(sub)
     }
 
     /// Registers a forward hook on the nodes picked by `selector` (a name, a
     /// glob, or a shared layer's name, which matches each of its calls). The
     /// hook fires once per node per pass, after the node runs, and may replace
-    /// the activation. It stays until the returned handle is dropped.
+    /// the activation. It stays until the returned handle is dropped. Models
+    /// derived from this one ([`submodel`](Self::submodel),
+    /// [`Functional::extend`](crate::builder::Functional::extend)) share it.
     ///
     /// ```
     /// # use layerlens_core::builder::Sequential;
@@ -299,8 +304,9 @@ impl Model {
         f: impl Fn(&HookCtx, &Tensor) -> Result<Option<Tensor>> + Send + Sync + 'static,
     ) -> Result<HookHandle> {
         let sel = Selector::parse(selector)?;
-        let nodes: HashSet<NodeId> = (0..self.graph.nodes.len())
+        let nodes: HashSet<String> = (0..self.graph.nodes.len())
             .filter(|&i| sel.matches_node(&self.graph, i))
+            .map(|i| self.graph.nodes[i].name.clone())
             .collect();
         if nodes.is_empty() {
             let names = self

@@ -539,3 +539,39 @@ fn a_bad_sequential_input_is_reported_by_the_next_call() {
         "{e}"
     );
 }
+
+#[test]
+fn hooks_are_shared_with_submodels_and_extensions() {
+    let m = seed_cnn();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let c2 = calls.clone();
+    let h = m
+        .register_forward_hook("conv2d", move |ctx, _| {
+            c2.lock().unwrap().push(ctx.node.to_string());
+            Ok(None)
+        })
+        .unwrap();
+    // A sub-model, and an extension with a Lambda on top, run the hooked node.
+    let sub = m.submodel(&["conv2d_1"]).unwrap();
+    sub.predict(&input(1)).unwrap();
+    let mut g = Functional::extend(&m);
+    let conv = g.get("conv2d_1").unwrap();
+    let mean = g.lambda(Reduce::mean([2, 3]), &[conv], &[]).unwrap();
+    g.build(&[mean]).unwrap().predict(&input(1)).unwrap();
+    assert_eq!(*calls.lock().unwrap(), ["conv2d", "conv2d"]);
+    // A hook registered on the sub-model fires in the parent too, and removing
+    // a hook removes it everywhere.
+    let c3 = calls.clone();
+    let h2 = sub
+        .register_forward_hook("conv2d_1", move |ctx, _| {
+            c3.lock().unwrap().push(ctx.node.to_string());
+            Ok(None)
+        })
+        .unwrap();
+    m.predict(&input(1)).unwrap();
+    assert_eq!(calls.lock().unwrap()[2..], ["conv2d", "conv2d_1"]);
+    drop(h);
+    drop(h2);
+    sub.predict(&input(1)).unwrap();
+    assert_eq!(calls.lock().unwrap().len(), 4);
+}

@@ -1028,6 +1028,23 @@ fn write_npz<W: Write + std::io::Seek>(w: &mut W, layers: &[LayerBytes]) -> std:
     Ok(())
 }
 
+/// The JSON a Parquet file of layerlens carries under the key-value metadata
+/// key `layerlens`: `meta`'s entries plus `shapes`, each layer's per-sample
+/// shape. Public so that tables built elsewhere (the Python module's Ray and
+/// Spark writers) describe themselves exactly as the CLI's files do.
+pub fn parquet_metadata<K: AsRef<str> + Ord>(
+    meta: &BTreeMap<String, String>,
+    shapes: &BTreeMap<K, Vec<usize>>,
+) -> Result<String> {
+    let shapes: BTreeMap<&str, &Vec<usize>> = shapes.iter().map(|(k, v)| (k.as_ref(), v)).collect();
+    let mut all_meta: BTreeMap<&str, serde_json::Value> = meta
+        .iter()
+        .map(|(k, v)| (k.as_str(), serde_json::Value::from(v.as_str())))
+        .collect();
+    all_meta.insert("shapes", serde_json::json!(shapes));
+    serde_json::to_string(&all_meta).map_err(|e| Error::invalid("extract", e.to_string()))
+}
+
 /// A parquet file: a `path` column and a `list<float>` column per layer.
 fn write_parquet<W: Write + Send>(
     w: W,
@@ -1089,13 +1106,7 @@ fn write_parquet<W: Write + Send>(
             .build()
             .map_err(err)?,
     );
-    let json_err = |e: serde_json::Error| Error::invalid("extract", e.to_string());
-    let mut all_meta: BTreeMap<&str, serde_json::Value> = meta
-        .iter()
-        .map(|(k, v)| (k.as_str(), serde_json::Value::from(v.as_str())))
-        .collect();
-    all_meta.insert("shapes", serde_json::json!(shapes));
-    let kv = serde_json::to_string(&all_meta).map_err(json_err)?;
+    let kv = parquet_metadata(meta, &shapes)?;
     let props = WriterProperties::builder()
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::None)

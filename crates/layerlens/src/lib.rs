@@ -24,6 +24,7 @@
 pub mod extract;
 pub mod preprocess;
 mod pth;
+pub mod spec;
 pub mod weights;
 pub mod zoo;
 

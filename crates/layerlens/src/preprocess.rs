@@ -55,6 +55,15 @@ pub fn decode_image(path: &Path) -> Result<image::DynamicImage> {
     })
 }
 
+/// Decodes an encoded image in memory (PNG or JPEG, told apart by its first
+/// bytes); `what` names it in errors (a path, a row of a dataset).
+pub fn decode_image_bytes(bytes: &[u8], what: &str) -> Result<image::DynamicImage> {
+    image::load_from_memory(bytes).map_err(|e| Error::Format {
+        path: what.to_string(),
+        message: format!("cannot decode image: {e}"),
+    })
+}
+
 /// Brings an image to `width × height`: unchanged when it already has that
 /// size (a Fashion-MNIST PNG fed to a 28×28 model is used as it is); for a
 /// square target, the shorter side resized to `size * 256 / 224` and a centred
@@ -124,6 +133,13 @@ impl ImageLoader {
     /// Loads one image as a `(1, C, H, W)` tensor.
     pub fn load(&self, path: &Path) -> Result<Tensor> {
         let img = fit_image(decode_image(path)?, self.width, self.height);
+        from_image(&img, self.channels, self.preset)
+    }
+
+    /// Loads one encoded image held in memory as a `(1, C, H, W)` tensor, with
+    /// exactly the arithmetic of [`ImageLoader::load`].
+    pub fn load_bytes(&self, bytes: &[u8], what: &str) -> Result<Tensor> {
+        let img = fit_image(decode_image_bytes(bytes, what)?, self.width, self.height);
         from_image(&img, self.channels, self.preset)
     }
 }

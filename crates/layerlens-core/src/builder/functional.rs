@@ -81,6 +81,8 @@ pub struct Functional {
     init: Initializer,
     counters: HashMap<String, usize>,
     scopes: Vec<String>,
+    /// The forward hooks of the model this one extends, shared with it.
+    hooks: Option<Arc<crate::hooks::HookTable>>,
     shared: Vec<SharedEntry>,
     /// When loading: parameters must already exist (they came from the file).
     preset: bool,
@@ -99,6 +101,7 @@ impl Functional {
             device: Device::Cpu,
             init: Initializer::new(42),
             counters: HashMap::new(),
+            hooks: None,
             scopes: Vec::new(),
             shared: Vec::new(),
             preset: false,
@@ -138,6 +141,7 @@ impl Functional {
         f.graph = g.clone();
         f.graph.outputs.clear();
         f.params = model.params().clone();
+        f.hooks = Some(model.hooks.clone());
         f
     }
 
@@ -459,7 +463,11 @@ impl Functional {
         // the parameters only they used.
         let graph = self.graph.prune(&self.graph.outputs);
         let params = crate::model::used_params(&graph, &self.params);
-        Model::from_parts(graph, params, self.device)
+        let mut model = Model::from_parts(graph, params, self.device)?;
+        if let Some(hooks) = self.hooks {
+            model.hooks = hooks;
+        }
+        Ok(model)
     }
 
     fn push(

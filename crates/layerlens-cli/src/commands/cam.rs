@@ -1,0 +1,75 @@
+//! `layerlens cam`: a class activation map over the input image.
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+/// Draws a class activation map over the input image.
+///
+/// Example: layerlens cam zoo:efficientnet_lite0=lite0.pth --input cat.png --preprocess efficientnet-lite --layer _relu1 --method gradcam++ --out cam.png
+#[derive(clap::Args)]
+pub struct Args {
+    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    model: String,
+    /// An image (png, jpg).
+    #[arg(long)]
+    input: String,
+    /// The layer whose activations are weighted (usually the last conv block).
+    #[arg(long)]
+    layer: String,
+    /// The class to explain (default: the top prediction).
+    #[arg(long)]
+    class: Option<usize>,
+    /// gradcam, gradcam++, scorecam, eigencam or layercam.
+    #[arg(long, default_value = "gradcam")]
+    method: String,
+    /// Heat-map opacity.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// Image preprocessing: unit, imagenet, efficientnet-lite.
+    #[arg(long, default_value = "unit")]
+    preprocess: String,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Computes the map and writes the overlay.
+pub fn run(a: &Args) -> Result<()> {
+    use layerlens::viz::cam::{cam, overlay, CamMethod, CamOptions};
+    let model = layerlens::spec::open_model(&a.model)?;
+    let (x, picture) =
+        layerlens::spec::load_picture(Path::new(&a.input), &model, super::preset(&a.preprocess)?)?;
+    let method = &a.method;
+    let opts = CamOptions {
+        class: a.class,
+        ..CamOptions::new(CamMethod::parse(method)?, &a.layer)
+    };
+    let c = cam(&model, &x, &opts)?.remove(0);
+    if c.raw.max_all()?.to_scalar::<f32>()? <= 0.0 {
+        eprintln!("warning: the {method} map is zero everywhere for class {} (every weighted sum is negative); try --method gradcam++ or layercam", c.class);
+    }
+    let mut img = overlay(
+        &picture,
+        &c.heatmap,
+        layerlens::viz::Colormap::Inferno,
+        a.alpha,
+    )?;
+    if img.width() < 224 {
+        // Small inputs (28×28) are scaled up, pixel for pixel, to be readable.
+        let k = 224u32.div_ceil(img.width());
+        img = image::imageops::resize(
+            &img,
+            img.width() * k,
+            img.height() * k,
+            image::imageops::FilterType::Nearest,
+        );
+    }
+    layerlens::viz::grid::save_png(&img, &a.out)?;
+    eprintln!(
+        "wrote {} ({method} for class {}, score {:.3})",
+        a.out.display(),
+        c.class,
+        c.score
+    );
+    Ok(())
+}

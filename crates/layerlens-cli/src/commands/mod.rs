@@ -1,0 +1,50 @@
+//! One module per command, each with its clap `Args` and a `run`; the
+//! helpers they share are here.
+
+pub mod cam;
+pub mod demo;
+pub mod extract;
+pub mod report;
+pub mod show;
+pub mod summary;
+pub mod train;
+
+use anyhow::Result;
+use layerlens::prelude::*;
+use layerlens::spec::Preset;
+use std::path::Path;
+
+/// Training allocates and frees the same large buffers every step. glibc's
+/// defaults give blocks above a (dynamic) threshold their own mmap and trim
+/// the heap's free top, so each step faulted its buffers in again: the demo's
+/// 3 epochs took 6.0 s instead of 4.0 s (docs/performance.md). For training,
+/// freed memory stays in the heap for reuse; extraction keeps the defaults,
+/// which hand memory back and keep a long run's RSS flat.
+fn keep_freed_memory_for_reuse() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before training
+    // starts, on the main thread.
+    unsafe {
+        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
+/// `--preprocess` parsed.
+fn preset(name: &str) -> Result<Preset> {
+    Ok(Preset::parse(name)?)
+}
+
+/// The first sample of an input spec, as a batch of one.
+fn input_tensor(spec: &str, model: &Model, preprocess: &str) -> Result<Tensor> {
+    let (x, _) = layerlens::spec::load_inputs(spec, model, preset(preprocess)?)?;
+    Ok(if x.dim(0)? > 1 { x.narrow(0, 0, 1)? } else { x })
+}
+
+/// Writes `bytes` to `path` atomically, with the umask's mode.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(layerlens::fsio::write_atomic(path, |f| {
+        std::io::Write::write_all(f, bytes)
+    })?)
+}

@@ -1,0 +1,62 @@
+//! `layerlens show`: one layer's feature maps as a PNG grid.
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// Draws the feature maps of one layer for one image as a PNG grid.
+///
+/// Example: layerlens show zoo:efficientnet_lite0=lite0.pth --input cat.png --preprocess efficientnet-lite --layer _blocks.1 --top 16 --out grid.png
+#[derive(clap::Args)]
+pub struct Args {
+    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    model: String,
+    /// An image (png, jpg), or a .npy / .safetensors tensor.
+    #[arg(long)]
+    input: String,
+    /// The layer (node name).
+    #[arg(long)]
+    layer: String,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// Only the K channels with the highest mean activation.
+    #[arg(long)]
+    top: Option<usize>,
+    /// gray, viridis, magma, inferno or rdbu (default: gray, rdbu for signed maps).
+    #[arg(long)]
+    cmap: Option<String>,
+    /// auto (from the layer's activation), channel, shared.
+    #[arg(long, default_value = "auto")]
+    norm: String,
+    /// Image preprocessing: unit ([0, 1]), imagenet, efficientnet-lite.
+    #[arg(long, default_value = "unit")]
+    preprocess: String,
+}
+
+/// Draws the grid.
+pub fn run(a: &Args) -> Result<()> {
+    use layerlens::viz::grid::{feature_grid, save_png, GridOptions, Select};
+    use layerlens::viz::{Colormap, Norm};
+    let model = layerlens::spec::open_model(&a.model)?;
+    let x = super::input_tensor(&a.input, &model, &a.preprocess)?;
+    let id = model.graph().find(&a.layer)?;
+    let node = model.graph().node(id);
+    let acts = model.extract(&x, &[a.layer.as_str()])?;
+    let norm = match a.norm.as_str() {
+        "auto" => Norm::Auto,
+        "channel" => Norm::PerChannel,
+        "shared" => Norm::Shared,
+        other => bail!("--norm {other}: use auto, channel or shared"),
+    };
+    let opts = GridOptions {
+        select: a.top.map_or(Select::All, Select::TopK),
+        colormap: a.cmap.as_deref().map(Colormap::parse).transpose()?,
+        norm,
+        activation: node.op.final_activation(),
+        title: Some(format!("{} {}", a.layer, node.shape)),
+        ..Default::default()
+    };
+    save_png(&feature_grid(acts.get(&a.layer)?, &opts)?, &a.out)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! `layerlens summary`: every node with its op, shape, parameters and MACs.
+
+use anyhow::Result;
+
+/// Prints every node: name, op, output shape, parameters and MACs.
+///
+/// Example: layerlens summary zoo:seed_cnn
+#[derive(clap::Args)]
+pub struct Args {
+    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    model: String,
+}
+
+/// Prints the summary.
+pub fn run(a: &Args) -> Result<()> {
+    println!("{}", layerlens::spec::open_model(&a.model)?.summary());
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Model and input specs, parsed once for every front end (the CLI, the Python
+//! module): `MODEL` strings (`model.onnx`, a saved directory, `zoo:NAME[=WEIGHTS]`),
+//! tensor and image inputs, layer selectors, and the built-in `--apply` Lambdas
+//! that turn the selected layers into an extraction model sharing the weights.
+
+use crate::preprocess::{decode_image, decode_image_bytes, fit_image, from_image, ImageLoader};
+use layerlens_core::candle_core::{DType, Device, Tensor};
+use layerlens_core::lambda::{CustomOp, L2Normalize, Reduce};
+use layerlens_core::prelude::*;
+use layerlens_core::{Error, Result};
+use std::path::Path;
+
+pub use crate::preprocess::Preset;
+
+/// The models `zoo:NAME` knows, in the order error messages list them.
+pub const ZOO_MODELS: &[&str] = &[
+    "seed_cnn",
+    "resnet18",
+    "vgg16",
+    "vgg16_notop",
+    "efficientnet_lite0",
+];
+
+/// What a `MODEL` string may be, for error messages.
+const MODEL_FORMS: &str =
+    "an .onnx file, a saved layerlens model directory (with model.json) or zoo:NAME[=WEIGHTS]";
+
+/// Opens a model from a spec: `zoo:NAME` (with `=WEIGHTS.pth|.safetensors` to
+/// load a state dict into it), an `.onnx` file, or a directory written by
+/// [`Model::save`].
+pub fn open_model(spec: &str) -> Result<Model> {
+    if let Some(rest) = spec.strip_prefix("zoo:") {
+        let (name, weights) = match rest.split_once('=') {
+            Some((n, w)) => (n, Some(w)),
+            None => (rest, None),
+        };
+        let model = match name {
+            "seed_cnn" => crate::zoo::seed_cnn(true)?,
+            "resnet18" => crate::zoo::resnet18(1000)?,
+            "vgg16" => crate::zoo::vgg16(true, 1000)?,
+            "vgg16_notop" => crate::zoo::vgg16(false, 1000)?,
+            "efficientnet_lite0" => crate::zoo::efficientnet_lite0(1000)?,
+            other => {
+                return Err(Error::unknown(
+                    "zoo model",
+                    other,
+                    ZOO_MODELS.iter().copied(),
+                ))
+            }
+        };
+        if let Some(w) = weights {
+            crate::weights::load_weights(&model, w)?;
+        }
+        return Ok(model);
+    }
+    let path = Path::new(spec);
+    if path.extension().is_some_and(|e| e == "onnx") {
+        return crate::onnx::import(path);
+    }
+    if !path.is_dir() {
+        return Err(Error::Format {
+            path: spec.to_string(),
+            message: format!("not {MODEL_FORMS}"),
+        });
+    }
+    Model::load(path, &Device::Cpu)
+}
+
+/// Splits a comma-separated layer list (`"conv2d*, dense"`) into selectors,
+/// refusing an empty one.
+pub fn parse_layers(layers: &str) -> Result<Vec<&str>> {
+    let selectors: Vec<&str> = layers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if selectors.is_empty() {
+        return Err(Error::invalid(
+            "layers",
+            "no layers given: use node names, globs or `all`",
+        ));
+    }
+    Ok(selectors)
+}
+
+/// A built-in Lambda applied to every extracted activation (`--apply`, `apply=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// Spatial mean per channel: `(N, C, H, W) -> (N, C)`.
+    Mean,
+    /// Spatial max per channel.
+    Max,
+    /// L2 normalisation over the channel axis.
+    L2Normalize,
+    /// Everything after the batch axis in one axis.
+    Flatten,
+}
+
+impl Apply {
+    /// Every built-in, by its name.
+    pub const ALL: [Apply; 4] = [Apply::Mean, Apply::Max, Apply::L2Normalize, Apply::Flatten];
+
+    /// Parses `mean`, `max`, `l2_normalize` or `flatten`.
+    pub fn parse(name: &str) -> Result<Self> {
+        Apply::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| Error::unknown("apply Lambda", name, Apply::ALL.map(Apply::name)))
+    }
+
+    /// The name `parse` takes, also the suffix of the output node (`conv2d:mean`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Apply::Mean => "mean",
+            Apply::Max => "max",
+            Apply::L2Normalize => "l2_normalize",
+            Apply::Flatten => "flatten",
+        }
+    }
+
+    fn add(self, g: &mut Functional, name: &str, input: NodeRef) -> Result<NodeRef> {
+        fn with<T: CustomOp + 'static>(
+            g: &mut Functional,
+            name: &str,
+            op: T,
+            input: NodeRef,
+        ) -> Result<NodeRef> {
+            g.lambda_as(name, op, &[input], &[])
+        }
+        match self {
+            Apply::Mean => with(g, name, Reduce::mean([2, 3]), input),
+            Apply::Max => with(g, name, Reduce::max([2, 3]), input),
+            Apply::L2Normalize => with(g, name, L2Normalize::new(1), input),
+            Apply::Flatten => with(g, name, Flatten, input),
+        }
+    }
+}
+
+/// The model whose outputs are the selected nodes (in selector order), each
+/// passed through `apply`, sharing `model`'s weights; and the selected node
+/// names. A spatial reduction of a layer without spatial axes leaves it as it is.
+pub fn extraction_model(
+    model: &Model,
+    selectors: &[&str],
+    apply: Option<Apply>,
+) -> Result<(Model, Vec<String>)> {
+    let named = model.graph().select_named(selectors)?;
+    let names: Vec<String> = named.iter().map(|(_, n)| n.clone()).collect();
+    let Some(apply) = apply else {
+        return Ok((model.submodel(&names)?, names));
+    };
+    let mut g = Functional::extend(model);
+    let mut outs = Vec::new();
+    for name in &names {
+        let node = g.get(name)?;
+        if matches!(apply, Apply::Mean | Apply::Max) && g.shape(node).rank() != 3 {
+            outs.push(node);
+            continue;
+        }
+        let applied = apply
+            .add(&mut g, &format!("{name}:{}", apply.name()), node)
+            .map_err(|e| Error::invalid(name, format!("apply {}: {e}", apply.name())))?;
+        outs.push(applied);
+    }
+    Ok((g.build(&outs)?, names))
+}
+
+/// A tensor input (`.npy`, `.safetensors`: its first tensor by name), one
+/// image, or `embedded:fashion-mnist-test|train`, as a float32 batch with a
+/// label per row (`SPEC[i]` for tensors, the path for an image).
+pub fn load_inputs(spec: &str, model: &Model, preset: Preset) -> Result<(Tensor, Vec<String>)> {
+    use crate::data::{embedded_fashion_mnist, Split};
+    let rows = |t: &Tensor| -> Result<Vec<String>> {
+        Ok((0..t.dim(0)?).map(|i| format!("{spec}[{i}]")).collect())
+    };
+    let bad = |message: String| Error::Format {
+        path: spec.to_string(),
+        message,
+    };
+    let split = match spec {
+        "embedded:fashion-mnist-test" => Some(Split::Test),
+        "embedded:fashion-mnist-train" => Some(Split::Train),
+        _ => None,
+    };
+    if let Some(split) = split {
+        let t = embedded_fashion_mnist(split)?.images;
+        let r = rows(&t)?;
+        return Ok((t, r));
+    }
+    let path = Path::new(spec);
+    let t = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => {
+            Tensor::read_npy(path).map_err(|e| bad(format!("cannot read .npy: {e}")))?
+        }
+        Some("safetensors") => {
+            let map = layerlens_core::candle_core::safetensors::load(path, &Device::Cpu)
+                .map_err(|e| bad(format!("cannot read safetensors: {e}")))?;
+            let first = map
+                .keys()
+                .min()
+                .cloned()
+                .ok_or_else(|| bad("no tensors in file".into()))?;
+            map[&first].clone()
+        }
+        _ if crate::extract::is_image_file(path) => {
+            let x = load_picture(path, model, preset)?.0;
+            return Ok((x, vec![spec.to_string()]));
+        }
+        _ if path.is_dir() => {
+            return Err(bad(
+                "a directory: directories stream into a directory of shards (give the output a directory, no file extension)".into(),
+            ))
+        }
+        _ => {
+            return Err(bad(
+                "unsupported input (use .png, .jpg, a directory, .npy, .safetensors or embedded:fashion-mnist-test)".into(),
+            ))
+        }
+    };
+    let t = t.to_dtype(DType::F32)?;
+    let r = rows(&t)?;
+    Ok((t, r))
+}
+
+/// One image sized for the model's input: `(1, C, H, W)` with `preset` applied,
+/// and the same crop as a picture for overlays.
+pub fn load_picture(
+    path: &Path,
+    model: &Model,
+    preset: Preset,
+) -> Result<(Tensor, image::RgbImage)> {
+    picture_from(decode_image(path)?, model, preset)
+}
+
+/// [`load_picture`] from encoded bytes (PNG or JPEG); `what` names them in errors.
+pub fn load_picture_bytes(
+    bytes: &[u8],
+    what: &str,
+    model: &Model,
+    preset: Preset,
+) -> Result<(Tensor, image::RgbImage)> {
+    picture_from(decode_image_bytes(bytes, what)?, model, preset)
+}
+
+fn picture_from(
+    img: image::DynamicImage,
+    model: &Model,
+    preset: Preset,
+) -> Result<(Tensor, image::RgbImage)> {
+    let loader = ImageLoader::for_model(model, preset)?;
+    let img = fit_image(img, loader.width, loader.height);
+    let x = from_image(&img, loader.channels, loader.preset)?;
+    let display = from_image(&img, loader.channels, Preset::UnitRange)?;
+    Ok((x, crate::viz::cam::to_rgb_image(&display)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_zoo_model_lists_close_matches() {
+        let e = open_model("zoo:resnet19").unwrap_err().to_string();
+        assert!(e.contains("resnet18"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_no_model_is_refused_by_name() {
+        let e = open_model("/nonexistent/model.bin")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/nonexistent/model.bin: not an .onnx file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn apply_names_round_trip_and_typos_get_suggestions() {
+        for a in Apply::ALL {
+            assert_eq!(Apply::parse(a.name()).unwrap(), a);
+        }
+        let e = Apply::parse("l2normalize").unwrap_err().to_string();
+        assert!(e.contains("l2_normalize"), "{e}");
+    }
+
+    #[test]
+    fn empty_layer_lists_are_refused() {
+        assert!(parse_layers(" , ").is_err());
+        assert_eq!(parse_layers("a, b*").unwrap(), ["a", "b*"]);
+    }
+
+    #[test]
+    fn extraction_model_applies_the_lambda_to_image_shaped_layers_only() {
+        let m = crate::zoo::seed_cnn(true).unwrap();
+        let (x, names) = extraction_model(&m, &["conv2d", "dense"], Some(Apply::Mean)).unwrap();
+        assert_eq!(names, ["conv2d", "dense"]);
+        let input = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+        let outs = x.forward(&[input]).unwrap();
+        assert_eq!(outs[0].dims(), &[2, 32]);
+        assert_eq!(outs[1].dims(), &[2, 10]);
+    }
+}

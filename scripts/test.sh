@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: fetch the pinned real-model assets (checksum-verified,
 # cached outside the repo), install Chromium for the HTML report test (Debian
-# package), then run every test in release mode.
+# package), run every Rust test in release mode, then the Python package's
+# tests (scripts/test-python.sh: pinned venv, the wheel, Ray and Spark on
+# loopback only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
 scripts/install-chromium.sh
 cargo test --workspace --release "$@"
+scripts/test-python.sh

@@ -78,7 +78,9 @@ def same_rows(got, expected):
 def ray_cluster():
     ray = pytest.importorskip("ray")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # Two extractor actors of one CPU each, and one more for the read tasks
+    # (logical CPUs: with two, the actors starve the reads).
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

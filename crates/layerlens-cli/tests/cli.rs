@@ -173,3 +173,18 @@ fn errors_are_one_line_and_leave_no_output() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn zoo_models_without_their_weights_warn_on_every_run() {
+    let warned = |spec: &str| {
+        let out = layerlens(&["summary", spec]);
+        assert!(out.status.success(), "{spec}");
+        String::from_utf8_lossy(&out.stderr).contains("has random weights")
+    };
+    assert!(warned("zoo:resnet18"));
+    assert!(!warned("zoo:resnet18=random"));
+    assert!(
+        !warned("zoo:seed_cnn"),
+        "the seed CNN has no pretrained weights to miss"
+    );
+}

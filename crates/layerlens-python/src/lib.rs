@@ -360,6 +360,14 @@ impl Model {
     #[pyo3(signature = (spec, *, threads=None))]
     fn load(py: Python<'_>, spec: &str, threads: Option<usize>) -> PyResult<Self> {
         let threads = thread_count(threads)?;
+        if let Some(w) = spec::random_weights_warning(spec) {
+            PyErr::warn(
+                py,
+                &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(),
+                &std::ffi::CString::new(w).unwrap_or_default(),
+                1,
+            )?;
+        }
         let spec_owned = spec.to_string();
         let model = py.detach(|| spec::open_model(&spec_owned)).map_err(to_py)?;
         Ok(Model::wrap(model, Some(spec.to_string()), threads))

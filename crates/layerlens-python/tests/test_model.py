@@ -268,3 +268,14 @@ def test_a_forked_child_computes(model, batch):
     answer = os.read(read_end, 16)
     os.close(read_end)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and answer == b"ok", answer
+
+
+def test_zoo_models_without_their_weights_warn():
+    with pytest.warns(RuntimeWarning, match="zoo:resnet18 has random weights"):
+        layerlens.Model.load("zoo:resnet18")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layerlens.Model.load("zoo:resnet18=random")
+        layerlens.Model.load("zoo:seed_cnn")

@@ -21,13 +21,34 @@ pub const ZOO_MODELS: &[&str] = &[
     "efficientnet_lite0",
 ];
 
+/// The zoo models with published pretrained weights: without `=WEIGHTS` they
+/// run on random ones, which [`random_weights_warning`] says. (The seed CNN
+/// has no pretrained weights: it is trained with `layerlens train`.)
+pub const ZOO_PRETRAINED: &[&str] = &["resnet18", "vgg16", "vgg16_notop", "efficientnet_lite0"];
+
+/// The warning to show each time `spec` opens a zoo model with published
+/// weights but without any (`zoo:resnet18`): its outputs mean nothing, and a
+/// CAM or a class computed from them must not look like a real one.
+/// `zoo:NAME=random` says the random weights are meant and silences it.
+pub fn random_weights_warning(spec: &str) -> Option<String> {
+    let name = spec.strip_prefix("zoo:")?;
+    if name.contains('=') || !ZOO_PRETRAINED.contains(&name) {
+        return None;
+    }
+    Some(format!(
+        "{spec} has random weights (no =WEIGHTS given), so its predictions mean nothing; \
+         give {spec}=WEIGHTS.pth (or .safetensors), or {spec}=random to say that is meant"
+    ))
+}
+
 /// What a `MODEL` string may be, for error messages.
 const MODEL_FORMS: &str =
     "an .onnx file, a saved layerlens model directory (with model.json) or zoo:NAME[=WEIGHTS]";
 
 /// Opens a model from a spec: `zoo:NAME` (with `=WEIGHTS.pth|.safetensors` to
-/// load a state dict into it), an `.onnx` file, or a directory written by
-/// [`Model::save`].
+/// load a state dict into it, `=random` to keep the seeded random weights
+/// without a [`random_weights_warning`]), an `.onnx` file, or a directory
+/// written by [`Model::save`].
 pub fn open_model(spec: &str) -> Result<Model> {
     if let Some(rest) = spec.strip_prefix("zoo:") {
         let (name, weights) = match rest.split_once('=') {
@@ -48,7 +69,7 @@ pub fn open_model(spec: &str) -> Result<Model> {
                 ))
             }
         };
-        if let Some(w) = weights {
+        if let Some(w) = weights.filter(|&w| w != "random") {
             crate::weights::load_weights(&model, w)?;
         }
         return Ok(model);
@@ -262,6 +283,25 @@ mod tests {
     fn unknown_zoo_model_lists_close_matches() {
         let e = open_model("zoo:resnet19").unwrap_err().to_string();
         assert!(e.contains("resnet18"), "{e}");
+    }
+
+    #[test]
+    fn zoo_models_without_their_weights_are_flagged() {
+        let w = random_weights_warning("zoo:resnet18").unwrap();
+        assert!(
+            w.contains("random weights") && w.contains("zoo:resnet18=random"),
+            "{w}"
+        );
+        for quiet in [
+            "zoo:resnet18=random",
+            "zoo:resnet18=r18.pth",
+            "zoo:seed_cnn",
+            "m.onnx",
+        ] {
+            assert_eq!(random_weights_warning(quiet), None, "{quiet}");
+        }
+        // `=random` opens the model without reading a file called "random".
+        open_model("zoo:vgg16_notop=random").unwrap();
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct Args {
 /// Computes the map and writes the overlay.
 pub fn run(a: &Args) -> Result<()> {
     use layerlens::viz::cam::{cam, overlay, CamMethod, CamOptions};
-    let model = layerlens::spec::open_model(&a.model)?;
+    let model = super::open_model(&a.model)?;
     let (x, picture) =
         layerlens::spec::load_picture(Path::new(&a.input), &model, super::preset(&a.preprocess)?)?;
     let method = &a.method;

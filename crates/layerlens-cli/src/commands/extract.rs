@@ -78,7 +78,7 @@ pub fn run(a: &Args) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let format = a.format.as_deref().map(OutputFormat::parse).transpose()?;
-    let model = layerlens::spec::open_model(&a.model)?;
+    let model = super::open_model(&a.model)?;
     let apply = a.apply.as_deref().map(Apply::parse).transpose()?;
     let (xmodel, names) = extraction_model(&model, &parse_layers(&a.layers)?, apply)?;
     match OutputFormat::from_path(&a.out) {

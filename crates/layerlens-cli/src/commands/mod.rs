@@ -31,6 +31,15 @@ fn keep_freed_memory_for_reuse() {
     }
 }
 
+/// Opens MODEL, warning on stderr when it runs on random weights that look
+/// like a pretrained model's (`zoo:resnet18` without `=WEIGHTS`).
+fn open_model(spec: &str) -> Result<Model> {
+    if let Some(w) = layerlens::spec::random_weights_warning(spec) {
+        eprintln!("warning: {w}");
+    }
+    Ok(layerlens::spec::open_model(spec)?)
+}
+
 /// `--preprocess` parsed.
 fn preset(name: &str) -> Result<Preset> {
     Ok(Preset::parse(name)?)

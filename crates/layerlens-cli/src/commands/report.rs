@@ -29,7 +29,7 @@ pub struct Args {
 pub fn run(a: &Args) -> Result<()> {
     use layerlens::viz::cam::{CamMethod, CamOptions};
     use layerlens::viz::report::{html_report, ReportOptions};
-    let model = layerlens::spec::open_model(&a.model)?;
+    let model = super::open_model(&a.model)?;
     let input = a.input.as_str();
     let (x, picture) = if layerlens::extract::is_image_file(Path::new(input)) {
         let (x, p) =

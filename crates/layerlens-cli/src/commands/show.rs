@@ -37,7 +37,7 @@ pub struct Args {
 pub fn run(a: &Args) -> Result<()> {
     use layerlens::viz::grid::{feature_grid, save_png, GridOptions, Select};
     use layerlens::viz::{Colormap, Norm};
-    let model = layerlens::spec::open_model(&a.model)?;
+    let model = super::open_model(&a.model)?;
     let x = super::input_tensor(&a.input, &model, &a.preprocess)?;
     let id = model.graph().find(&a.layer)?;
     let node = model.graph().node(id);

@@ -13,6 +13,6 @@ pub struct Args {
 
 /// Prints the summary.
 pub fn run(a: &Args) -> Result<()> {
-    println!("{}", layerlens::spec::open_model(&a.model)?.summary());
+    println!("{}", super::open_model(&a.model)?.summary());
     Ok(())
 }

@@ -338,19 +338,8 @@ fn load_inputs(spec: &str, model: &Model, preset: &str) -> Result<(Tensor, Vec<S
     }
     let path = Path::new(spec);
     let t = match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => {
-            Tensor::read_npy(path).with_context(|| format!("{spec}: cannot read .npy"))?
-        }
-        Some("safetensors") => {
-            let map = layerlens::candle_core::safetensors::load(path, &Device::Cpu)
-                .with_context(|| format!("{spec}: cannot read safetensors"))?;
-            let mut keys: Vec<_> = map.keys().cloned().collect();
-            keys.sort();
-            let first = keys
-                .first()
-                .with_context(|| format!("{spec}: no tensors in file"))?;
-            map[first].clone()
-        }
+        Some("npy") => layerlens::npy::read_npy(path)?,
+        Some("safetensors") => layerlens::extract::read_safetensors_input(path)?,
         _ if layerlens::extract::is_image_file(path) => {
             let x = load_picture(path, model, preset)?.0;
             return Ok((x, vec![spec.to_string()]));
@@ -505,7 +494,9 @@ struct ExtractArgs {
     /// that a shard stays under 256 MiB).
     #[arg(long)]
     shard_rows: Option<usize>,
-    /// Stop at the first unreadable image (default: warn, skip it, list it at the end).
+    /// Stop at the first unreadable image, or at a NaN or infinite value in an
+    /// input or an extracted layer, writing nothing for it (default: skip
+    /// unreadable images, count non-finite values; both are listed at the end).
     #[arg(long)]
     strict: bool,
     /// Image decoding threads (default: half the cores).
@@ -532,7 +523,6 @@ fn extract(a: &ExtractArgs) -> Result<()> {
                 (a.resume, "--resume"),
                 (a.shard.is_some(), "--shard"),
                 (a.shard_rows.is_some(), "--shard-rows"),
-                (a.strict, "--strict"),
             ] {
                 if set {
                     bail!(
@@ -563,8 +553,11 @@ fn extract_to_file(
 ) -> Result<()> {
     let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); names.len()];
     let mut rows = Vec::new();
+    let mut non_finite = layerlens::extract::NonFiniteReport::default();
     for spec in &a.input {
         let (x, labels) = load_inputs(spec, model, &a.preprocess)?;
+        non_finite.add_input(spec, &x)?;
+        non_finite.check(a.strict)?;
         let n = x.dim(0)?;
         let mut start = 0;
         while start < n {
@@ -582,8 +575,13 @@ fn extract_to_file(
     let mut tensors = Vec::new();
     for (name, p) in names.iter().zip(parts) {
         tensors.push((name.clone(), Tensor::cat(&p, 0)?));
+        non_finite.add_layer(name, &tensors.last().expect("pushed").1)?;
     }
+    non_finite.check(a.strict)?;
     let mut meta = BTreeMap::from([("layerlens.samples".to_string(), rows.len().to_string())]);
+    if !non_finite.is_clean() {
+        meta.insert("layerlens.non_finite".into(), non_finite.to_json());
+    }
     if let Some(ap) = &a.apply {
         meta.insert("layerlens.apply".into(), ap.clone());
     }
@@ -597,6 +595,7 @@ fn extract_to_file(
     for (name, t) in &tensors {
         eprintln!("  {name}: {:?}", t.dims());
     }
+    non_finite.warnings().iter().for_each(|w| eprintln!("{w}"));
     Ok(())
 }
 
@@ -664,6 +663,11 @@ fn extract_to_dir(
             eprintln!("  {}: {}", s.path, s.error);
         }
     }
+    report
+        .non_finite
+        .warnings()
+        .iter()
+        .for_each(|w| eprintln!("{w}"));
     eprintln!("manifest: {}", report.manifest.display());
     Ok(())
 }

@@ -6,15 +6,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=fuzz/corpus
-mkdir -p "$C"/{onnx_import,pth_state_dict,model_json,image}
+mkdir -p "$C"/{onnx_import,pth_state_dict,model_json,image,npy,safetensors_input,safetensors_weights,onnx_external_data}
 cp crates/layerlens-onnx/tests/fixtures/*.onnx crates/layerlens/tests/fixtures/resnet18.onnx "$C/onnx_import/"
 cp crates/layerlens/tests/fixtures/pth/*.pth "$C/pth_state_dict/"
-for t in onnx_import pth_state_dict; do cp fuzz/regressions/$t/* "$C/$t/"; done
+for t in onnx_import pth_state_dict npy onnx_external_data; do cp fuzz/regressions/$t/* "$C/$t/"; done
+# Valid .npy files and external-data ONNX models (referencing the weights.bin
+# that fuzz/entries.rs writes), written by hand.
+python3 fuzz/gen_seeds.py corpus
+# Small safetensors files as tensor inputs.
+cp crates/layerlens-core/tests/fixtures/seeds/*.safetensors "$C/safetensors_input/"
 # model.json files and PNGs from the demo (trains the seed CNN for ~4 s).
 demo=$(mktemp -d)
 cargo run -q --release -p layerlens-cli -- demo --out "$demo" >/dev/null
 cp "$demo/seed-cnn/model.json" "$C/model_json/seed-cnn.json"
 cp "$demo/features-model/model.json" "$C/model_json/features-model.json"
 cp "$demo"/conv2d.png "$demo"/cam.png "$C/image/"
+# The seed CNN's weights (what safetensors_weights loads into; also as an input).
+cp "$demo/seed-cnn/model.safetensors" "$C/safetensors_weights/seed-cnn.safetensors"
+cp "$demo/features-model/model.safetensors" "$C/safetensors_weights/features-model.safetensors"
+cp "$demo/seed-cnn/model.safetensors" "$C/safetensors_input/seed-cnn-weights.safetensors"
 rm -rf "$demo"
 ls "$C"/* | head -50

@@ -29,6 +29,7 @@
 //! bounded channel), so memory is bounded by the shard size and the prefetch
 //! depth, whatever the number of inputs.
 
+pub use crate::nonfinite::{NonFinite, NonFiniteReport};
 use crate::preprocess::ImageLoader;
 use layerlens_core::candle_core::{DType, Tensor};
 use layerlens_core::fsio::{DirLock, LOCK_FILE};
@@ -159,6 +160,43 @@ pub struct ImageItem {
     pub name: String,
 }
 
+/// Reads a tensor input from a `.safetensors` file: its first tensor (by
+/// name), as float32. See [`read_safetensors_input_bytes`].
+pub fn read_safetensors_input(path: impl AsRef<Path>) -> Result<Tensor> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    read_safetensors_input_bytes(&bytes, &path.display().to_string())
+}
+
+/// The first tensor (by name) of safetensors bytes, as float32; `what` names
+/// the file in errors. The header's offsets are checked against the bytes by
+/// the `safetensors` crate before anything is read; only that tensor is
+/// converted.
+pub fn read_safetensors_input_bytes(bytes: &[u8], what: &str) -> Result<Tensor> {
+    use layerlens_core::candle_core::safetensors::Load;
+    let bad = |m: String| Error::Format {
+        path: what.to_string(),
+        message: m,
+    };
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+    let mut names = st.names();
+    names.sort();
+    let first = names
+        .first()
+        .ok_or_else(|| bad("no tensors in file".into()))?;
+    let view = st.tensor(first).map_err(|e| bad(e.to_string()))?;
+    if view.shape().contains(&0) {
+        return Err(bad(format!(
+            "tensor '{first}' of shape {:?} holds no values",
+            view.shape()
+        )));
+    }
+    view.load(&layerlens_core::candle_core::Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .map_err(|e| bad(format!("tensor '{first}': {e}")))
+}
+
 /// Whether a file name has an image extension layerlens decodes.
 pub fn is_image_file(path: &Path) -> bool {
     path.extension()
@@ -280,7 +318,9 @@ pub struct DatasetOptions {
     /// Continue an unfinished run in `out` (it must have been started with the
     /// same settings and inputs); complete shards are kept as they are.
     pub resume: bool,
-    /// Stop at the first unreadable image instead of skipping it.
+    /// Stop at the first unreadable image instead of skipping it, and at the
+    /// first NaN or infinite value in a decoded input or an extracted layer
+    /// (before its shard is written) instead of counting it.
     pub strict: bool,
     /// Decoding threads (0: half the available cores, at least 1).
     pub decode_threads: usize,
@@ -336,6 +376,9 @@ pub struct DatasetReport {
     pub skipped: Vec<Skipped>,
     /// The manifest written.
     pub manifest: PathBuf,
+    /// NaN and infinite values of this part (also those of kept shards), per
+    /// input image and per layer; also in each shard's `.json` index.
+    pub non_finite: NonFiniteReport,
 }
 
 /// `run.json`: everything that must agree for a resumed run to continue the
@@ -353,12 +396,30 @@ struct RunRecord {
     inputs_crc32: String,
 }
 
+/// A write that failed (a full disk, a file size limit, an I/O error) leaves
+/// the run unfinished: says so, and how to finish it, on the same line.
+fn interrupted(e: Error) -> Error {
+    let e = match e {
+        Error::InvalidArgument { node, message } if node == "extract" => message,
+        other => other.to_string(),
+    };
+    Error::invalid(
+        "extract",
+        format!(
+            "{e}; the run is unfinished (complete shards are kept, nothing partial is): make room, then run the same command with --resume"
+        ),
+    )
+}
+
 /// `shard-NNNNN.json`: the shard's inputs in order, each with its row in the
 /// shard file or why it was skipped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ShardIndex {
     rows: usize,
     inputs: Vec<IndexEntry>,
+    /// Absent when every value of the shard is finite.
+    #[serde(default, skip_serializing_if = "NonFiniteReport::is_clean")]
+    non_finite: NonFiniteReport,
 }
 
 /// One input of a shard; with the shard file's name, a manifest line.
@@ -560,6 +621,7 @@ pub fn extract_dataset(
             for (name, r) in msg.names.into_iter().zip(msg.decoded) {
                 match r {
                     Ok(t) => {
+                        buf.non_finite.add_input(&name, &t)?;
                         buf.push_row(name, options.format);
                         ok.push(t);
                     }
@@ -587,13 +649,18 @@ pub fn extract_dataset(
             if !ok.is_empty() {
                 let x = Tensor::cat(&ok, 0)?;
                 drop(ok);
-                buf.push_outputs(model.forward(&[x])?)?;
+                buf.push_outputs(model.forward(&[x])?, &layers)?;
             }
+            // Before the shard is written: with --strict a shard holding a
+            // NaN or an infinity never appears.
+            buf.non_finite.check(options.strict)?;
             bar.inc(inputs as u64);
             if msg.last {
                 let buf = current.take().expect("a shard in progress");
                 rows_written += buf.rows.len();
-                spare = buf.write(out, options.format, &layers)?;
+                spare = buf
+                    .write(out, options.format, &layers)
+                    .map_err(interrupted)?;
             }
         }
         decoder
@@ -606,10 +673,12 @@ pub fn extract_dataset(
     // Every shard of this part is complete: the manifest, written last, marks
     // the run done. It is streamed from the shard indexes.
     let mut skipped = Vec::new();
+    let mut non_finite = NonFiniteReport::default();
     let manifest_path = out.join("manifest.jsonl");
     write_file_atomic(&manifest_path, |f| {
         for &s in &mine {
             let index = read_index(out, s).map_err(std::io::Error::other)?;
+            non_finite.merge(&index.non_finite);
             for entry in index.inputs {
                 serde_json::to_writer(&mut *f, &entry)?;
                 f.write_all(b"\n")?;
@@ -622,7 +691,8 @@ pub fn extract_dataset(
             }
         }
         Ok(())
-    })?;
+    })
+    .map_err(interrupted)?;
     Ok(DatasetReport {
         inputs: mine.iter().map(|&s| shard_len(s)).sum(),
         rows_written,
@@ -631,6 +701,7 @@ pub fn extract_dataset(
         rows_per_shard,
         skipped,
         manifest: manifest_path,
+        non_finite,
     })
 }
 
@@ -652,6 +723,8 @@ struct ShardBuffer {
     /// Per layer, the rows so far as little-endian float32 bytes: the file's
     /// bytes, so writing copies nothing, and reserved once, so they never move.
     outputs: Vec<Vec<u8>>,
+    /// NaN and infinite values of the shard's inputs and layers so far.
+    non_finite: NonFiniteReport,
 }
 
 impl ShardBuffer {
@@ -672,12 +745,15 @@ impl ShardBuffer {
             rows: Vec::new(),
             inputs: Vec::new(),
             outputs: spare,
+            non_finite: NonFiniteReport::default(),
         }
     }
 
-    fn push_outputs(&mut self, outs: Vec<Tensor>) -> Result<()> {
-        for (buf, o) in self.outputs.iter_mut().zip(outs) {
+    fn push_outputs(&mut self, outs: Vec<Tensor>, layers: &[(String, Vec<usize>)]) -> Result<()> {
+        for ((buf, o), (name, dims)) in self.outputs.iter_mut().zip(outs).zip(layers) {
             let values = o.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            self.non_finite
+                .add_layer_count(name, NonFinite::count(&values, dims.iter().product()));
             buf.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         }
         Ok(())
@@ -725,6 +801,7 @@ impl ShardBuffer {
         let index = ShardIndex {
             rows: self.rows.len(),
             inputs: self.inputs,
+            non_finite: self.non_finite,
         };
         let json = serde_json::to_vec_pretty(&index)
             .map_err(|e| Error::invalid("extract", e.to_string()))?;

@@ -22,6 +22,8 @@
 //! ```
 
 pub mod extract;
+mod nonfinite;
+pub mod npy;
 pub mod preprocess;
 mod pth;
 pub mod spec;

@@ -210,19 +210,8 @@ pub fn load_inputs(spec: &str, model: &Model, preset: Preset) -> Result<(Tensor,
     }
     let path = Path::new(spec);
     let t = match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => {
-            Tensor::read_npy(path).map_err(|e| bad(format!("cannot read .npy: {e}")))?
-        }
-        Some("safetensors") => {
-            let map = layerlens_core::candle_core::safetensors::load(path, &Device::Cpu)
-                .map_err(|e| bad(format!("cannot read safetensors: {e}")))?;
-            let first = map
-                .keys()
-                .min()
-                .cloned()
-                .ok_or_else(|| bad("no tensors in file".into()))?;
-            map[&first].clone()
-        }
+        Some("npy") => crate::npy::read_npy(path)?,
+        Some("safetensors") => crate::extract::read_safetensors_input(path)?,
         _ if crate::extract::is_image_file(path) => {
             let x = load_picture(path, model, preset)?.0;
             return Ok((x, vec![spec.to_string()]));

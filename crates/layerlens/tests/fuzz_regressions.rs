@@ -1,8 +1,9 @@
 //! Corpus replay on stable: every file under fuzz/regressions/<target>/ goes
 //! through the entry point its fuzz target drives (fuzz/entries.rs, shared by
-//! `#[path]`), and must come back as a value, never a panic. The ONNX and
-//! `.pth` regressions are malformed files, which must be refused with a
-//! one-line error; `model_json` and `image` files may load or be refused.
+//! `#[path]`), and must come back as a value, never a panic. The regressions
+//! of the targets in `entries::MUST_REFUSE` (ONNX, external-data ONNX, `.pth`,
+//! `.npy`) are malformed files, which must be refused with a one-line error;
+//! the others' files may load or be refused.
 //! `catch_unwind` is used here only, to name the file that panicked.
 
 #[path = "../../../fuzz/entries.rs"]
@@ -28,7 +29,7 @@ fn every_regression_file_returns_instead_of_panicking() {
             match std::panic::catch_unwind(|| entry(&bytes)) {
                 Err(_) => panicked.push(name),
                 Ok(Ok(())) => assert!(
-                    !matches!(*target, "onnx_import" | "pth_state_dict"),
+                    !entries::MUST_REFUSE.contains(target),
                     "{name}: a malformed file was accepted"
                 ),
                 Ok(Err(e)) => assert_eq!(e.lines().count(), 1, "{name}: {e}"),
@@ -37,6 +38,7 @@ fn every_regression_file_returns_instead_of_panicking() {
         }
     }
     assert!(panicked.is_empty(), "panicked: {panicked:?}");
-    // 24 ONNX and 10 .pth files at least (gen_malformed_onnx.py, gen_pth.py).
-    assert!(replayed >= 34, "only {replayed} regression files found");
+    // 24 ONNX and 10 .pth files (gen_malformed_onnx.py, gen_pth.py), 16 .npy
+    // and 13 external-data ONNX files (gen_seeds.py) at least.
+    assert!(replayed >= 63, "only {replayed} regression files found");
 }

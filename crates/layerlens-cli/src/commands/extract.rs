@@ -64,7 +64,9 @@ pub struct Args {
     /// that a shard stays under 256 MiB).
     #[arg(long)]
     shard_rows: Option<usize>,
-    /// Stop at the first unreadable image (default: warn, skip it, list it at the end).
+    /// Stop at the first unreadable image, or at a NaN or infinite value in an
+    /// input or an extracted layer, writing nothing for it (default: skip
+    /// unreadable images, count non-finite values; both are listed at the end).
     #[arg(long)]
     strict: bool,
     /// Image decoding threads (default: half the cores).
@@ -93,7 +95,6 @@ pub fn run(a: &Args) -> Result<()> {
                 (a.resume, "--resume"),
                 (a.shard.is_some(), "--shard"),
                 (a.shard_rows.is_some(), "--shard-rows"),
-                (a.strict, "--strict"),
             ] {
                 if set {
                     bail!(
@@ -124,8 +125,11 @@ fn extract_to_file(
 ) -> Result<()> {
     let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); names.len()];
     let mut rows = Vec::new();
+    let mut non_finite = layerlens::extract::NonFiniteReport::default();
     for spec in &a.input {
         let (x, labels) = load_inputs(spec, model, super::preset(&a.preprocess)?)?;
+        non_finite.add_input(spec, &x)?;
+        non_finite.check(a.strict)?;
         let n = x.dim(0)?;
         let mut start = 0;
         while start < n {
@@ -143,8 +147,13 @@ fn extract_to_file(
     let mut tensors = Vec::new();
     for (name, p) in names.iter().zip(parts) {
         tensors.push((name.clone(), Tensor::cat(&p, 0)?));
+        non_finite.add_layer(name, &tensors.last().expect("pushed").1)?;
     }
+    non_finite.check(a.strict)?;
     let mut meta = BTreeMap::from([("layerlens.samples".to_string(), rows.len().to_string())]);
+    if !non_finite.is_clean() {
+        meta.insert("layerlens.non_finite".into(), non_finite.to_json());
+    }
     if let Some(ap) = &a.apply {
         meta.insert("layerlens.apply".into(), ap.clone());
     }
@@ -158,6 +167,7 @@ fn extract_to_file(
     for (name, t) in &tensors {
         eprintln!("  {name}: {:?}", t.dims());
     }
+    non_finite.warnings().iter().for_each(|w| eprintln!("{w}"));
     Ok(())
 }
 
@@ -225,6 +235,11 @@ fn extract_to_dir(
             eprintln!("  {}: {}", s.path, s.error);
         }
     }
+    report
+        .non_finite
+        .warnings()
+        .iter()
+        .for_each(|w| eprintln!("{w}"));
     eprintln!("manifest: {}", report.manifest.display());
     Ok(())
 }

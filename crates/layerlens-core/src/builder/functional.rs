@@ -514,6 +514,20 @@ impl Functional {
                 shape
             }
         };
+        if shape.dims().contains(&0) {
+            let inputs: Vec<String> = input_names
+                .iter()
+                .zip(&input_shapes)
+                .map(|(n, s)| format!("'{n}' {s}"))
+                .collect();
+            return Err(Error::shape(
+                &name,
+                format!(
+                    "output shape {shape} is empty (from {}): every axis must have at least one element",
+                    inputs.join(", ")
+                ),
+            ));
+        }
         if shape
             .checked_elem_count()
             .is_none_or(|n| n > crate::shape::MAX_ELEMENTS)

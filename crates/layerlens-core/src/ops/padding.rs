@@ -86,7 +86,8 @@ pub(crate) fn window_output(
         return Err(Error::shape(
             node,
             format!(
-                "{what} window {eff_h}x{eff_w} is larger than the padded input {ph}x{pw} (input {h}x{w})"
+                "{what} window {eff_h}x{eff_w} is larger than the padded input {ph}x{pw} (input {h}x{w}, kernel {}x{}, dilation {}x{}, pads [top, bottom, left, right] {pads:?}): no output position fits",
+                kernel[0], kernel[1], dilation[0], dilation[1]
             ),
         ));
     }

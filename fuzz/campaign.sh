@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Long fuzzing runs, one target after the other, at the lowest priority:
+#   fuzz/campaign.sh SECONDS TARGET [TARGET...]
+# Each target runs for SECONDS (or until a crash) on fuzz/corpus/TARGET with
+# -rss_limit_mb=2048; its log goes to fuzz/logs/TARGET-DATE.log (git-ignored
+# with the corpus) and one summary line per target is printed: date,
+# executions, seconds, peak RSS, and the crash/OOM/timeout artifacts found
+# (in fuzz/artifacts/TARGET/). Build first: cd fuzz && cargo +nightly fuzz build -O
+set -uo pipefail
+cd "$(dirname "$0")"
+secs=$1
+shift
+mkdir -p logs
+for t in "$@"; do
+    log="logs/$t-$(date -u +%Y%m%dT%H%M%S).log"
+    mkdir -p "corpus/$t" "artifacts/$t"
+    before=$(ls "artifacts/$t" | wc -l)
+    nice -n 19 cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
+        -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
+    rc=$?
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' | tail -1)
+    rss=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    after=$(ls "artifacts/$t" | wc -l)
+    echo "$(date -u +%Y-%m-%d) $t runs=${runs:-?} seconds=${took:-?} peak_rss_mb=${rss:-?} new_artifacts=$((after - before)) rc=$rc log=fuzz/$log"
+done

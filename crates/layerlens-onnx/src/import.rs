@@ -482,6 +482,21 @@ impl Importer<'_> {
             self.values.insert(n.output[0].clone(), Value::Const(c));
             return Ok(());
         }
+        if op == "Dropout" {
+            // Opset 12+: a third input `training_mode`; true drops units at random,
+            // which inference must not pretend to do.
+            if let Some(t) = n.input.get(2).filter(|s| !s.is_empty()) {
+                match self.values.get(t) {
+                    Some(Value::Const(c)) if c.ints().iter().all(|&v| v == 0) => {}
+                    Some(Value::Const(_)) => {
+                        return Err(self.err(n, "training_mode=1 (random dropout) is not supported; export the model in eval mode".into()))
+                    }
+                    _ => {
+                        return Err(self.err(n, "a training_mode computed at run time is not supported; export the model in eval mode".into()))
+                    }
+                }
+            }
+        }
         if matches!(op, "Identity" | "Dropout") {
             let r = self.node_input(n, 0)?;
             let name = sanitize(if n.name.is_empty() {
@@ -495,6 +510,12 @@ impl Importer<'_> {
             return self.finish(n, r);
         }
         let name = self.name_for(n);
+        // A binary op's constant may come first (`Mul(Constant, x)`, a bias-first
+        // `Add`): its operands are sorted out before input 0 is taken as the activation.
+        if matches!(op, "Add" | "Sub" | "Mul" | "Div") {
+            let r = self.binary(n, &name, op)?;
+            return self.finish(n, r);
+        }
         let x = self.node_input(n, 0)?;
         let r = match op {
             "Conv" => {
@@ -535,6 +556,17 @@ impl Importer<'_> {
                 r
             }
             "BatchNormalization" => {
+                // Opset 14+: training_mode=1 normalises with the batch's own
+                // statistics; computing it with the running ones would be wrong.
+                if Self::int(n, "training_mode").unwrap_or(0) != 0 {
+                    return Err(self.err(n, "training_mode=1 (batch statistics) is not supported; export the model in eval mode".into()));
+                }
+                if n.output.iter().skip(1).any(|o| !o.is_empty()) {
+                    return Err(self.err(
+                        n,
+                        "the running-statistics outputs (training mode) are not supported".into(),
+                    ));
+                }
                 let eps = Self::float(n, "epsilon").unwrap_or(1e-5) as f64;
                 let momentum = 1.0 - Self::float(n, "momentum").unwrap_or(0.9) as f64;
                 let r = self.g.add_as(
@@ -744,56 +776,6 @@ impl Importer<'_> {
                 ));
                 r
             }
-            "Add" | "Sub" | "Mul" | "Div" => {
-                let kind = match op {
-                    "Add" => BinaryKind::Add,
-                    "Sub" => BinaryKind::Sub,
-                    "Mul" => BinaryKind::Mul,
-                    _ => BinaryKind::Div,
-                };
-                let vals: Vec<Value> = (0..2)
-                    .map(|i| {
-                        self.values
-                            .get(&n.input[i])
-                            .cloned()
-                            .ok_or_else(|| self.err(n, format!("input {i} is missing")))
-                    })
-                    .collect::<Result<_>>()?;
-                match (&vals[0], &vals[1]) {
-                    (Value::Node(a), Value::Node(b)) => self.g.add_as(
-                        &name,
-                        Elementwise {
-                            kind,
-                            constant: None,
-                        },
-                        &[*a, *b],
-                    )?,
-                    (Value::Node(a), Value::Const(c)) | (Value::Const(c), Value::Node(a)) => {
-                        let side = if matches!(vals[0], Value::Node(_)) {
-                            Side::Rhs
-                        } else {
-                            Side::Lhs
-                        };
-                        let e = Elementwise {
-                            kind,
-                            constant: Some(ConstOperand {
-                                shape: c.dims.clone(),
-                                side,
-                            }),
-                        };
-                        let r = self.g.add_as(&name, e, &[*a])?;
-                        self.weights
-                            .push((format!("{name}.constant"), Self::tensor(c)?));
-                        r
-                    }
-                    (Value::Const(_), Value::Const(_)) => {
-                        return Err(self.err(
-                            n,
-                            "both operands are constants but another input is not".into(),
-                        ))
-                    }
-                }
-            }
             "Concat" => {
                 let axis = Self::int(n, "axis")
                     .ok_or_else(|| self.err(n, "Concat without axis".into()))?;
@@ -944,7 +926,7 @@ impl Importer<'_> {
                     (v.is_finite() && v >= 1.0 && v <= layerlens_core::shape::MAX_ELEMENTS as f64)
                         .then_some(v as usize)
                 };
-                let size = match (sizes, scales) {
+                let size = match (sizes, scales.clone()) {
                     (Some(s), _) if s.len() == 4 => match (positive(s[2] as f64), positive(s[3] as f64)) {
                         (Some(a), Some(b)) => [a, b],
                         _ => return Err(self.err(n, format!("sizes {s:?}: the spatial sizes must be positive"))),
@@ -980,11 +962,56 @@ impl Importer<'_> {
                         "round_prefer_floor"
                     },
                 );
+                // What the Upsample kernel computes: nearest picks floor(x_out * in / out),
+                // bilinear samples at the ratio of sizes. Anything else is refused.
+                if size[0] < h || size[1] < w {
+                    return Err(self.err(
+                        n,
+                        format!(
+                            "downscaling ({h}x{w} to {}x{}) is not supported",
+                            size[0], size[1]
+                        ),
+                    ));
+                }
+                if Self::int(n, "antialias").unwrap_or(0) != 0 && (size[0] != h || size[1] != w) {
+                    // Antialiasing only changes downscaling, refused above; kept for clarity.
+                    return Err(self.err(n, "antialias=1 is not supported".into()));
+                }
+                let policy = s("keep_aspect_ratio_policy", "stretch");
+                if policy != "stretch" {
+                    return Err(self.err(
+                        n,
+                        format!("keep_aspect_ratio_policy '{policy}' is not supported"),
+                    ));
+                }
+                if attr(n, "axes").is_some() {
+                    return Err(self.err(
+                        n,
+                        "the axes attribute is not supported (give scales or sizes for all 4 axes)"
+                            .into(),
+                    ));
+                }
+                // ONNX maps coordinates with the given scale, the kernel with the size
+                // ratio: they agree only when the scale is that ratio exactly.
+                if let Some(sc) = scales.as_ref().filter(|sc| sc.len() == 4) {
+                    if (size[0] as f64 / h as f64) != sc[2] as f64
+                        || (size[1] as f64 / w as f64) != sc[3] as f64
+                    {
+                        return Err(self.err(n, format!("scales {sc:?} on {h}x{w} do not give whole output sizes; only scales equal to out/in are supported")));
+                    }
+                }
+                let factors = [size[0] / h, size[1] / w];
+                let whole = size[0] % h == 0 && size[1] % w == 0;
                 let mode = match (mode.as_str(), coord.as_str(), nearest.as_str()) {
                     ("nearest", "asymmetric", "floor") => UpsampleMode::Nearest,
-                    // With integer upscaling factors every nearest mode picks the same source pixel.
-                    ("nearest", "asymmetric", _) if size[0] % h == 0 && size[1] % w == 0 => UpsampleMode::Nearest,
-                    ("linear" | "bilinear", "half_pixel" | "pytorch_half_pixel", _) => UpsampleMode::Bilinear,
+                    // x_in = x_out / f: rounding half down equals flooring for f <= 2 only
+                    // (f = 3 maps x_out = 2 to 0.67, rounded to 1 but floored to 0).
+                    ("nearest", "asymmetric", "round_prefer_floor") if whole && factors.iter().all(|&f| f <= 2) => UpsampleMode::Nearest,
+                    // Every rounding picks the same pixel when nothing is scaled.
+                    ("nearest", _, _) if size == [h, w] => UpsampleMode::Nearest,
+                    ("linear" | "bilinear", "half_pixel", _) => UpsampleMode::Bilinear,
+                    // pytorch_half_pixel differs from half_pixel only for an output of size 1.
+                    ("linear" | "bilinear", "pytorch_half_pixel", _) if size[0] > 1 && size[1] > 1 => UpsampleMode::Bilinear,
                     ("linear" | "bilinear", "align_corners", _) => UpsampleMode::BilinearAlignCorners,
                     (m, c, nm) => {
                         return Err(self.err(n, format!("resize mode '{m}' with coordinate_transformation_mode '{c}' and nearest_mode '{nm}' is not supported")))
@@ -1003,6 +1030,59 @@ impl Importer<'_> {
             }
         };
         self.finish(n, r)
+    }
+
+    /// `Add`, `Sub`, `Mul`, `Div`: of two activations, or of an activation and
+    /// a constant on either side.
+    fn binary(&mut self, n: &NodeProto, name: &str, op: &str) -> Result<NodeRef> {
+        let kind = match op {
+            "Add" => BinaryKind::Add,
+            "Sub" => BinaryKind::Sub,
+            "Mul" => BinaryKind::Mul,
+            _ => BinaryKind::Div,
+        };
+        let vals: Vec<Value> = (0..2)
+            .map(|i| {
+                self.values
+                    .get(&n.input[i])
+                    .cloned()
+                    .ok_or_else(|| self.err(n, format!("input {i} is missing")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(match (&vals[0], &vals[1]) {
+            (Value::Node(a), Value::Node(b)) => self.g.add_as(
+                name,
+                Elementwise {
+                    kind,
+                    constant: None,
+                },
+                &[*a, *b],
+            )?,
+            (Value::Node(a), Value::Const(c)) | (Value::Const(c), Value::Node(a)) => {
+                let side = if matches!(vals[0], Value::Node(_)) {
+                    Side::Rhs
+                } else {
+                    Side::Lhs
+                };
+                let e = Elementwise {
+                    kind,
+                    constant: Some(ConstOperand {
+                        shape: c.dims.clone(),
+                        side,
+                    }),
+                };
+                let r = self.g.add_as(name, e, &[*a])?;
+                self.weights
+                    .push((format!("{name}.constant"), Self::tensor(c)?));
+                r
+            }
+            (Value::Const(_), Value::Const(_)) => {
+                return Err(self.err(
+                    n,
+                    "both operands are constants but another input is not".into(),
+                ))
+            }
+        })
     }
 
     /// ONNX Reshape targets include the batch axis; layerlens reshapes per sample.

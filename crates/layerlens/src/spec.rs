@@ -218,7 +218,7 @@ pub fn load_inputs(spec: &str, model: &Model, preset: Preset) -> Result<(Tensor,
         }
         _ if path.is_dir() => {
             return Err(bad(
-                "a directory: directories stream into a directory of shards (give the output a directory, no file extension)".into(),
+                "is a directory: directories stream into a directory of shards, so give the output a directory (--out without a file extension)".into(),
             ))
         }
         _ => {

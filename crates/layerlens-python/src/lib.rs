@@ -317,10 +317,9 @@ impl Model {
             .iter()
             .zip(parts)
             .map(|(name, p)| {
-                let t = if p.len() == 1 {
-                    p.into_iter().next().unwrap_or_else(|| unreachable!())
-                } else {
-                    Tensor::cat(&p, 0)?
+                let t = match <[Tensor; 1]>::try_from(p) {
+                    Ok([t]) => t,
+                    Err(p) => Tensor::cat(&p, 0)?,
                 };
                 Ok((name.clone(), array_from(&t)?))
             })

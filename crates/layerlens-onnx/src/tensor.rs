@@ -170,3 +170,22 @@ pub(crate) fn decode(t: &TensorProto, base: &Path) -> Result<Const, String> {
     }
     Ok(c)
 }
+
+/// Decodes a `TensorProto` (inline data only) into a tensor on the CPU: float
+/// types as `f32`, integer and boolean types as `i64`. This reads the
+/// `input_0.pb` / `output_0.pb` files of ONNX test data sets.
+pub fn tensor_from_proto(t: &TensorProto) -> layerlens_core::Result<candle_core::Tensor> {
+    let bad = |message: String| layerlens_core::Error::Format {
+        path: format!("tensor '{}'", t.name),
+        message,
+    };
+    if t.data_location == 1 {
+        return Err(bad("external data is not read here".into()));
+    }
+    let c = decode(t, Path::new(".")).map_err(bad)?;
+    let dev = &candle_core::Device::Cpu;
+    Ok(match c.data {
+        Data::F32(v) => candle_core::Tensor::from_vec(v, c.dims, dev)?,
+        Data::I64(v) => candle_core::Tensor::from_vec(v, c.dims, dev)?,
+    })
+}

@@ -106,7 +106,7 @@ pub fn html_report(
         let over = overlay(img, &first.heatmap, Colormap::Inferno, 0.5)?;
         let _ = write!(
             h,
-            "<section id=\"cam\"><h2>{:?} over {}</h2><p>Class {} (score {:.3}).</p><div class=\"row\">\
+            "<section id=\"cam\"><h2>{} over {}</h2><p>Class {} (score {:.3}).</p><div class=\"row\">\
              <img alt=\"input\" src=\"{}\" width=\"{}\"><img alt=\"cam\" src=\"{}\" width=\"{}\"></div></section>",
             c.method,
             esc(&c.layer),

@@ -23,9 +23,10 @@ pub struct Explorer {
     graph: Arc<String>,
 }
 
-/// Binds `addr`. A non-loopback address is refused unless `allow_remote`: the
-/// explorer has no authentication and serves the model's activations.
-pub fn bind(session: Session, addr: SocketAddr, allow_remote: bool) -> Result<Explorer> {
+/// Refuses a non-loopback address unless `allow_remote`: the explorer has no
+/// authentication and serves the model's activations. (Checked by [`bind`];
+/// callers may check first, before loading a model.)
+pub fn check_bind(addr: SocketAddr, allow_remote: bool) -> Result<()> {
     if !addr.ip().is_loopback() && !allow_remote {
         return Err(ExplorerError::Input(format!(
             "refusing to bind {}: the explorer has no authentication, so it listens on loopback only (127.0.0.1); pass --allow-remote to serve {} anyway",
@@ -33,6 +34,12 @@ pub fn bind(session: Session, addr: SocketAddr, allow_remote: bool) -> Result<Ex
             addr.ip()
         )));
     }
+    Ok(())
+}
+
+/// Binds `addr` (see [`check_bind`]); port 0 picks a free port.
+pub fn bind(session: Session, addr: SocketAddr, allow_remote: bool) -> Result<Explorer> {
+    check_bind(addr, allow_remote)?;
     let server = Server::http(addr)
         .map_err(|e| ExplorerError::Io(std::io::Error::other(format!("cannot bind {addr}: {e}"))))?;
     let graph = serde_json::to_string(&graph_json(session.model()))
@@ -307,6 +314,16 @@ mod tests {
         let r = route("/api/stats?node=_blocks.15&input=1").unwrap();
         assert_eq!((r.param("node").unwrap(), r.input().unwrap()), ("_blocks.15", 1));
         assert_eq!(percent_decode("a%20b+c%zz%4"), "a b c%zz%4");
+    }
+
+    #[test]
+    fn only_loopback_is_served_unless_asked() {
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let e = check_bind(any, false).unwrap_err().to_string();
+        assert!(e.contains("refusing to bind 0.0.0.0") && e.contains("--allow-remote"), "{e}");
+        assert!(check_bind(any, true).is_ok());
+        assert!(check_bind("127.0.0.1:0".parse().unwrap(), false).is_ok());
+        assert!(check_bind("[::1]:0".parse().unwrap(), false).is_ok());
     }
 
     #[test]

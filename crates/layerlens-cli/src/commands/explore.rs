@@ -100,6 +100,11 @@ pub fn run(a: &Args) -> Result<()> {
     if a.static_out.is_none() && a.nodes.is_some() {
         bail!("--nodes chooses what a --static export holds; the live explorer shows every node");
     }
+    let addr = SocketAddr::new(a.bind, a.port);
+    if a.static_out.is_none() {
+        // Before the model loads: a refused address is said at once.
+        layerlens_explorer::server::check_bind(addr, a.allow_remote)?;
+    }
     let session = session(a)?;
     if let Some(out) = &a.static_out {
         let nodes: Vec<String> = match &a.nodes {
@@ -120,7 +125,7 @@ pub fn run(a: &Args) -> Result<()> {
         return Ok(());
     }
     let explorer =
-        layerlens_explorer::server::bind(session, SocketAddr::new(a.bind, a.port), a.allow_remote)?;
+        layerlens_explorer::server::bind(session, addr, a.allow_remote)?;
     // The one line scripts wait for: the URL, on stdout.
     println!("layerlens explorer: http://{}/", explorer.addr());
     use std::io::Write;

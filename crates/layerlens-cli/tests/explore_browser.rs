@@ -57,7 +57,11 @@ fn the_explorer_works_in_chromium_and_its_static_export_opens_offline() {
             top_class = Some(layerlens::preprocess::imagenet_classes()[best].to_string());
         }
     }
-    let channels = model.graph().node(model.graph().find(NODE).unwrap()).shape.dims()[0];
+    let channels = model
+        .graph()
+        .node(model.graph().find(NODE).unwrap())
+        .shape
+        .dims()[0];
     let expected = serde_json::json!({
         "stats": stats,
         "tiles": channels.min(16),

@@ -138,7 +138,8 @@
       const name = id.slice(8);
       const box = svg('g', { class: 'cluster', 'data-block': name });
       box.append(svg('rect', { x: c.x - c.width / 2, y: c.y - c.height / 2, width: c.width, height: c.height, rx: 8, fill: '#fffaf0', stroke: '#c59a4a', 'stroke-dasharray': '5 3' }));
-      const t = svg('text', { x: c.x - c.width / 2 + 8, y: c.y - c.height / 2 + 15, 'font-size': 12, fill: '#8a6418' });
+      // The label sits just above the box, clear of the first node inside.
+      const t = svg('text', { x: c.x - c.width / 2 + 4, y: c.y - c.height / 2 - 4, 'font-size': 11, fill: '#8a6418' });
       t.textContent = `− ${name} (double-click to close)`;
       box.append(t);
       box.addEventListener('dblclick', (ev) => { ev.stopPropagation(); state.expanded.delete(name); drawGraph(); });
@@ -342,7 +343,7 @@
     }
     if (STATIC) controls.append(el('span', { class: 'muted', text: 'static export: controls fixed at their defaults' }));
     d.append(controls);
-    const row = el('div', { class: 'row', id: 'per-input' });
+    const row = el('div', { class: state.sideBySide ? 'row side' : 'row', id: 'per-input' });
     d.append(row);
     const shownInputs = state.sideBySide ? state.inputs.map((i) => i.index) : [state.input];
     for (const i of shownInputs) row.append(inputColumn(name, n, i, token));
@@ -358,8 +359,12 @@
       img.src = api.gridUrl(name, i);
       col.append(el('figure', {}, el('figcaption', { text: 'feature maps' }), img));
     }
+    // The CAM beside the statistics, so that both show without scrolling.
+    const lower = el('div', { class: 'row' });
+    col.append(lower);
+    if (n.cam_capable && state.inputs[i].picture) lower.append(camBox(name, i, current));
     const statsBox = el('div', { class: 'stats-box' }, el('span', { class: 'muted', text: 'statistics…' }));
-    col.append(statsBox);
+    lower.append(statsBox);
     api.stats(name, i).then((s) => {
       if (!current()) return;
       const cells = [['mean', s.mean], ['std', s.std], ['min', s.min], ['max', s.max], ['zero_fraction', s.zero_fraction]];
@@ -375,7 +380,6 @@
         statsBox.append(el('div', {}, el('b', { text: 'top channels' }), list));
       }
     }).catch((e) => { if (current()) statsBox.replaceChildren(el('p', { class: 'error', text: e.message })); });
-    if (n.cam_capable && state.inputs[i].picture) col.append(camBox(name, i, current));
     return col;
   }
 

@@ -111,7 +111,10 @@ mod tests {
         assert_eq!((l.len(), l[282].as_str()), (1000, "tiger cat"));
         assert_eq!(known_labels("zoo:seed_cnn").unwrap()[9], "Ankle boot");
         assert!(known_labels("model.onnx").is_none());
-        assert_eq!(default_preprocess("zoo:efficientnet_lite0=w.pth"), "efficientnet-lite");
+        assert_eq!(
+            default_preprocess("zoo:efficientnet_lite0=w.pth"),
+            "efficientnet-lite"
+        );
         assert_eq!(default_preprocess("zoo:resnet18"), "imagenet");
         assert_eq!(default_preprocess("m.onnx"), "unit");
     }

@@ -107,13 +107,18 @@ pub fn static_page(session: &Session, nodes: &[&str], method: CamMethod) -> Resu
         for i in 0..n_inputs {
             let stats = session.stats(name, i)?;
             let grid = if stats.image_shaped {
-                Some(data_uri(&session.grid_png(name, i, &GridRequest::default())?))
+                Some(data_uri(&session.grid_png(
+                    name,
+                    i,
+                    &GridRequest::default(),
+                )?))
             } else {
                 None
             };
             let cam = if session.cam_capable(name)? && session.inputs()[i].picture.is_some() {
                 let c = session.cam(name, i, method)?;
-                let mut v = serde_json::to_value(&*c).map_err(|e| ExplorerError::Render(e.to_string()))?;
+                let mut v =
+                    serde_json::to_value(&*c).map_err(|e| ExplorerError::Render(e.to_string()))?;
                 v["image"] = data_uri(&c.png).into();
                 Some(v)
             } else {

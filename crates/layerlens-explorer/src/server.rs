@@ -40,8 +40,9 @@ pub fn check_bind(addr: SocketAddr, allow_remote: bool) -> Result<()> {
 /// Binds `addr` (see [`check_bind`]); port 0 picks a free port.
 pub fn bind(session: Session, addr: SocketAddr, allow_remote: bool) -> Result<Explorer> {
     check_bind(addr, allow_remote)?;
-    let server = Server::http(addr)
-        .map_err(|e| ExplorerError::Io(std::io::Error::other(format!("cannot bind {addr}: {e}"))))?;
+    let server = Server::http(addr).map_err(|e| {
+        ExplorerError::Io(std::io::Error::other(format!("cannot bind {addr}: {e}")))
+    })?;
     let graph = serde_json::to_string(&graph_json(session.model()))
         .map_err(|e| ExplorerError::Render(e.to_string()))?;
     Ok(Explorer {
@@ -64,8 +65,11 @@ impl Explorer {
     pub fn serve(self) {
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| {
-                let (server, session, graph) =
-                    (self.server.clone(), self.session.clone(), self.graph.clone());
+                let (server, session, graph) = (
+                    self.server.clone(),
+                    self.session.clone(),
+                    self.graph.clone(),
+                );
                 std::thread::spawn(move || {
                     for request in server.incoming_requests() {
                         handle(request, &session, &graph);
@@ -243,11 +247,17 @@ fn answer(r: &Route, session: &Session, graph: &str) -> Result<Reply> {
         }
         "/api/methods" => json(&page::methods()),
         "/api/stats" => json(&session.stats(r.param("node")?, r.input()?)?),
-        "/api/grid.png" => Ok(png(&session.grid_png(r.param("node")?, r.input()?, &r.grid()?)?)),
+        "/api/grid.png" => Ok(png(&session.grid_png(
+            r.param("node")?,
+            r.input()?,
+            &r.grid()?,
+        )?)),
         "/api/hist.png" => Ok(png(&session.histogram_png(r.param("node")?, r.input()?)?)),
         "/api/input.png" => Ok(png(&session.input_png(r.input()?)?)),
         "/api/cam" => json(&*session.cam(r.param("node")?, r.input()?, r.method()?)?),
-        "/api/cam.png" => Ok(png(&session.cam(r.param("node")?, r.input()?, r.method()?)?.png)),
+        "/api/cam.png" => Ok(png(&session
+            .cam(r.param("node")?, r.input()?, r.method()?)?
+            .png)),
         p => match p.strip_prefix("/assets/") {
             Some(name) => {
                 let (body, content_type) = page::asset(name)
@@ -312,7 +322,10 @@ mod tests {
             );
         }
         let r = route("/api/stats?node=_blocks.15&input=1").unwrap();
-        assert_eq!((r.param("node").unwrap(), r.input().unwrap()), ("_blocks.15", 1));
+        assert_eq!(
+            (r.param("node").unwrap(), r.input().unwrap()),
+            ("_blocks.15", 1)
+        );
         assert_eq!(percent_decode("a%20b+c%zz%4"), "a b c%zz%4");
     }
 
@@ -320,7 +333,10 @@ mod tests {
     fn only_loopback_is_served_unless_asked() {
         let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let e = check_bind(any, false).unwrap_err().to_string();
-        assert!(e.contains("refusing to bind 0.0.0.0") && e.contains("--allow-remote"), "{e}");
+        assert!(
+            e.contains("refusing to bind 0.0.0.0") && e.contains("--allow-remote"),
+            "{e}"
+        );
         assert!(check_bind(any, true).is_ok());
         assert!(check_bind("127.0.0.1:0".parse().unwrap(), false).is_ok());
         assert!(check_bind("[::1]:0".parse().unwrap(), false).is_ok());

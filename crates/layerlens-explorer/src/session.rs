@@ -162,6 +162,9 @@ impl Lru {
 
 type Shared<T> = Arc<OnceLock<std::result::Result<T, String>>>;
 
+/// A CAM's cache key: input index, node name, method.
+type CamKey = (usize, String, CamMethod);
+
 /// The explorer's state: a model, its inputs and every cache. Safe to share
 /// between the server's threads; each computation runs once, outside the
 /// locks, so other requests are served meanwhile.
@@ -170,7 +173,7 @@ pub struct Session {
     inputs: Vec<Input>,
     labels: Option<Vec<String>>,
     activations: Vec<OnceLock<std::result::Result<Arc<Activations>, String>>>,
-    cams: Mutex<HashMap<(usize, String, CamMethod), Shared<Arc<CamResult>>>>,
+    cams: Mutex<HashMap<CamKey, Shared<Arc<CamResult>>>>,
     rendered: Mutex<Lru>,
 }
 
@@ -206,7 +209,9 @@ impl Session {
     /// model's first output (its length must match the output's).
     pub fn new(model: Model, inputs: Vec<Input>, labels: Option<Vec<String>>) -> Result<Self> {
         if inputs.is_empty() {
-            return Err(ExplorerError::Input("no input given (--input IMAGE)".into()));
+            return Err(ExplorerError::Input(
+                "no input given (--input IMAGE)".into(),
+            ));
         }
         if let Some(l) = &labels {
             let g = model.graph();

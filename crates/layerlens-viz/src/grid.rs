@@ -182,8 +182,10 @@ pub fn feature_grid(act: &Tensor, opts: &GridOptions) -> Result<RgbImage> {
             .iter()
             .map(|(l, v)| {
                 let r = Range::of(v);
-                text::width(l, text::SMALL)
-                    .max(text::width(&format!("{}..{}", num(r.lo), num(r.hi)), text::SMALL))
+                text::width(l, text::SMALL).max(text::width(
+                    &format!("{}..{}", num(r.lo), num(r.hi)),
+                    text::SMALL,
+                ))
             })
             .max()
             .unwrap_or(0)

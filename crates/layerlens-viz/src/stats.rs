@@ -62,7 +62,7 @@ pub fn layer_stats(act: &Tensor) -> Result<LayerStats> {
 /// times a power of ten apart) inside the range.
 pub fn nice_ticks(lo: f32, hi: f32, target: usize) -> Vec<f32> {
     let span = (hi - lo) as f64;
-    if !(span > 0.0) || !span.is_finite() {
+    if span.is_nan() || span <= 0.0 || !span.is_finite() {
         return vec![lo];
     }
     let raw = span / target.max(1) as f64;
@@ -142,7 +142,10 @@ pub fn histogram(
     let y_px = |c: f32| (top_m + ph) as f32 - c / (top as f32 * 1.05) * ph as f32;
     let bar = Rgb([70, 110, 180]);
     for (i, &c) in counts.iter().enumerate() {
-        let (x0, x1) = (x_px(lo + i as f32 * width), x_px(lo + (i as f32 + 0.9) * width));
+        let (x0, x1) = (
+            x_px(lo + i as f32 * width),
+            x_px(lo + (i as f32 + 0.9) * width),
+        );
         let y0 = y_px(c as f32);
         for x in x0.round() as u32..(x1.round() as u32).max(x0.round() as u32 + 1) {
             for y in y0.round() as u32..top_m + ph {
@@ -163,7 +166,14 @@ pub fn histogram(
             img.put_pixel(x, y, Rgb(ink));
         }
         let lw = text::width(label, text::SMALL);
-        text::draw(&mut img, left - 6 - lw, y.saturating_sub(7), label, ink, text::SMALL);
+        text::draw(
+            &mut img,
+            left - 6 - lw,
+            y.saturating_sub(7),
+            label,
+            ink,
+            text::SMALL,
+        );
     }
     let x_ticks = nice_ticks(lo, hi, 5);
     let x_step = x_ticks.get(1).map_or(hi - lo, |t| t - x_ticks[0]);
@@ -220,10 +230,18 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_inside_the_range() {
-        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
-        assert_eq!(nice_ticks(-0.27, 0.33, 5), vec![-0.2, -0.1, 0.0, 0.1, 0.2, 0.3]);
+        assert_eq!(
+            nice_ticks(0.0, 10.0, 5),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+        );
+        assert_eq!(nice_ticks(-0.27, 0.33, 5), vec![-0.2, 0.0, 0.2]);
+        assert_eq!(
+            nice_ticks(-0.27, 0.33, 10),
+            vec![-0.2, -0.1, 0.0, 0.1, 0.2, 0.3]
+        );
         assert_eq!(nice_ticks(3.0, 3.0, 5), vec![3.0]);
-        assert_eq!(tick_label(0.30000001, 0.1), "0.3");
+        assert_eq!(tick_label(0.1 + 0.2, 0.1), "0.3");
+        assert_eq!(tick_label(1500.0, 500.0), "1500");
     }
 
     #[test]

@@ -75,7 +75,10 @@ mod tests {
         let mut img = RgbImage::from_pixel(80, 20, Rgb([255, 255, 255]));
         draw(&mut img, 2, 2, "c12 0.5", [0, 0, 0], SMALL);
         let dark = img.pixels().filter(|p| p.0[0] < 100).count();
-        let grey = img.pixels().filter(|p| (100..230).contains(&p.0[0])).count();
+        let grey = img
+            .pixels()
+            .filter(|p| (100..230).contains(&p.0[0]))
+            .count();
         assert!(dark > 20 && grey > 10, "dark {dark}, grey {grey}");
         assert!(width("c12 0.5", SMALL) > width("c1", SMALL));
         assert_eq!(width("", SMALL), 0);

@@ -124,8 +124,7 @@ pub fn run(a: &Args) -> Result<()> {
         );
         return Ok(());
     }
-    let explorer =
-        layerlens_explorer::server::bind(session, addr, a.allow_remote)?;
+    let explorer = layerlens_explorer::server::bind(session, addr, a.allow_remote)?;
     // The one line scripts wait for: the URL, on stdout.
     println!("layerlens explorer: http://{}/", explorer.addr());
     use std::io::Write;

@@ -58,7 +58,7 @@ function rawGet(url, path) {
 
 // Counts the tiles of a feature-map grid: tiles are runs of at least 30
 // non-background pixels (labels are shorter), down the first column, then
-// across each row found.
+// across each row found; also the pixels, as a data URL.
 async function countTiles(page, selector) {
   return page.evaluate(async (sel) => {
     const img = document.querySelector(sel);
@@ -83,20 +83,12 @@ async function countTiles(page, selector) {
     const rows = runs(c.height, (y) => bg(6, y));
     let tiles = 0;
     for (const y of rows) tiles += runs(c.width, (x) => bg(x, y)).length;
-    return { tiles, width: c.width, height: c.height };
+    return { tiles, width: c.width, height: c.height, pixels: c.toDataURL() };
   }, selector);
 }
 
 async function pixelsOf(page, selector) {
-  return page.evaluate(async (sel) => {
-    const img = document.querySelector(sel);
-    await img.decode();
-    const c = document.createElement('canvas');
-    c.width = img.naturalWidth;
-    c.height = img.naturalHeight;
-    c.getContext('2d').drawImage(img, 0, 0);
-    return c.toDataURL();
-  }, selector);
+  return (await countTiles(page, selector)).pixels;
 }
 
 function checkStats(shown, expected, what) {
@@ -173,7 +165,7 @@ async function main() {
     const grid0 = '.input-col[data-input="0"] img.grid-img';
     await page.waitForSelector(grid0);
     const t = await countTiles(page, grid0);
-    assert.equal(t.tiles, EXPECTED.tiles, `grid tiles: ${JSON.stringify(t)}`);
+    assert.equal(t.tiles, EXPECTED.tiles, `grid tiles: ${t.tiles} in ${t.width}x${t.height}`);
     log(`grid of ${NODE}: ${t.tiles} tiles (${t.width}x${t.height})`);
 
     checkStats(await statsOf(page, 0), EXPECTED.stats[0], `${NODE} on input 0`);

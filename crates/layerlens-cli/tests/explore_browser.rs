@@ -6,24 +6,14 @@
 //! statistics, its tile count, the top class name — and writes the static
 //! export the script opens offline.
 
+mod common;
+
+use common::asset;
 use layerlens::viz::stats::layer_stats;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const NODE: &str = "_blocks.15";
-
-fn asset(name: &str) -> PathBuf {
-    let cache = std::env::var("LAYERLENS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/layerlens"));
-    let p = cache.join("assets").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does it for you)",
-        p.display()
-    );
-    p
-}
 
 #[test]
 fn the_explorer_works_in_chromium_and_its_static_export_opens_offline() {

@@ -32,12 +32,21 @@ fn the_explorer_works_in_chromium_and_its_static_export_opens_offline() {
     // What the page must show, from the library.
     let model = layerlens::spec::open_model(&model_spec).unwrap();
     let preset = layerlens::spec::Preset::EfficientNetLite;
+    // `all` names nodes; the block's name is an alias of its output node.
+    let block_output = model
+        .graph()
+        .node(model.graph().find(NODE).unwrap())
+        .name
+        .clone();
     let mut stats = Vec::new();
     let mut top_class = None;
     for (i, p) in inputs.iter().enumerate() {
         let (x, _) = layerlens::spec::load_picture(p, &model, preset).unwrap();
-        let acts = model.extract(&x, &[NODE, "_fc"]).unwrap();
-        let s = layer_stats(acts.get(NODE).unwrap()).unwrap();
+        // The server's one forward pass is the plan for `all`; the same plan
+        // here, so the numbers must agree to the last bit of an f32 (a plan
+        // for fewer nodes may fuse differently and round differently).
+        let acts = model.extract(&x, &["all"]).unwrap();
+        let s = layer_stats(acts.get(&block_output).unwrap()).unwrap();
         stats.push(serde_json::json!({
             "mean": s.mean, "std": s.std, "min": s.min, "max": s.max,
             "zero_fraction": s.zero_fraction, "dead_channels": s.dead_channels,

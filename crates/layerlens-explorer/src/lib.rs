@@ -118,4 +118,44 @@ mod tests {
         assert_eq!(default_preprocess("zoo:resnet18"), "imagenet");
         assert_eq!(default_preprocess("m.onnx"), "unit");
     }
+
+    #[test]
+    fn label_files_are_read_and_must_match_the_output() {
+        let dir = std::env::temp_dir().join(format!("layerlens-labels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let three = dir.join("three.txt");
+        std::fs::write(&three, "cat\ndog\nbird\n\n").unwrap();
+        assert_eq!(read_labels(&three).unwrap(), ["cat", "dog", "bird"]);
+        let empty = dir.join("empty.txt");
+        std::fs::write(&empty, "\n").unwrap();
+        assert!(read_labels(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("no class names"));
+        assert!(read_labels(&dir.join("missing.txt")).is_err());
+        // The seed CNN has 10 classes: 3 names are refused by count.
+        let model = layerlens::zoo::seed_cnn(false).unwrap();
+        let x = layerlens::candle_core::Tensor::zeros(
+            (1, 1, 28, 28),
+            layerlens::candle_core::DType::F32,
+            &layerlens::candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let input = || Input {
+            label: "zeros".into(),
+            tensor: x.clone(),
+            picture: None,
+        };
+        let e = Session::new(model, vec![input()], Some(read_labels(&three).unwrap()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("3 class labels") && e.contains("10 classes"),
+            "{e}"
+        );
+        let model = layerlens::zoo::seed_cnn(false).unwrap();
+        assert!(Session::new(model, vec![], None).is_err(), "no input");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

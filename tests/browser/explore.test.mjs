@@ -207,6 +207,21 @@ async function main() {
     await waitCam(page, 1);
     if (SHOTS) await page.screenshot({ path: `${SHOTS}/explorer-side-by-side.png` });
 
+    // A heavy CAM runs on demand with a progress indicator, and the server
+    // answers other requests meanwhile (ordering, not timing: the statistics
+    // arrive while the page still shows the spinner).
+    await page.uncheck('#side-by-side');
+    await page.waitForFunction(() => document.querySelectorAll('.input-col').length === 1);
+    await page.selectOption('#cam-method', 'scorecam');
+    await page.waitForSelector('.input-col[data-input="1"] .cam-status .spinner');
+    const other = await (await fetch(url + 'api/stats?node=_conv_head&input=1')).json();
+    assert.equal(other.node, '_conv_head');
+    assert.ok(await page.$('.input-col[data-input="1"] .cam-status .spinner'), 'Score-CAM still running while other requests are answered');
+    const heavy = await waitCam(page, 1);
+    assert.ok(heavy.startsWith('Score-CAM over'), heavy);
+    log(`while Score-CAM ran (spinner shown), /api/stats answered; then ${heavy}`);
+    await page.selectOption('#cam-method', 'gradcam++');
+
     // Search by glob: every node of the block, and only those, is marked.
     const graph = await (await fetch(url + 'api/graph')).json();
     const glob = `${NODE}._*conv`;

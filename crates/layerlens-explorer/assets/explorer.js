@@ -101,7 +101,7 @@
 
   function drawGraph() {
     const g = new dagre.graphlib.Graph({ compound: true, multigraph: false });
-    g.setGraph({ rankdir: 'TB', nodesep: 18, ranksep: 26, marginx: 10, marginy: 10 });
+    g.setGraph({ rankdir: 'TB', nodesep: 16, ranksep: 16, marginx: 10, marginy: 14 });
     g.setDefaultEdgeLabel(() => ({}));
     const ids = new Set();
     for (const n of state.graph.nodes) {
@@ -111,7 +111,7 @@
       const i = info(id);
       const sub = `${i.op} ${shapeText(i.shape)}`;
       const width = Math.max(i.name.length * 7.2, sub.length * 6) + 22;
-      g.setNode(id, { width, height: 36 });
+      g.setNode(id, { width, height: 32 });
       if (!id.startsWith('block:') && n.block && state.expanded.has(n.block)) {
         const cluster = 'cluster:' + n.block;
         if (!g.hasNode(cluster)) g.setNode(cluster, { label: n.block, paddingTop: 22 });
@@ -159,9 +159,9 @@
       if (state.selected === i.name) classes.push('selected');
       const node = svg('g', { class: classes.join(' '), 'data-name': i.name, transform: `translate(${p.x - p.width / 2},${p.y - p.height / 2})` });
       node.append(svg('rect', { width: p.width, height: p.height }));
-      const t1 = svg('text', { x: 10, y: 15 });
+      const t1 = svg('text', { x: 10, y: 13 });
       t1.textContent = (i.block ? '+ ' : '') + i.name;
-      const t2 = svg('text', { x: 10, y: 29, class: 'sub' });
+      const t2 = svg('text', { x: 10, y: 26, class: 'sub' });
       t2.textContent = `${i.op} ${shapeText(i.shape)}`;
       node.append(t1, t2);
       if (!isExported(i.name)) node.setAttribute('opacity', '0.45');
@@ -210,7 +210,7 @@
     const box = $('#graph').getBoundingClientRect();
     const k = Math.max(state.view.k, 0.8);
     const cx = parseFloat(m[1]) + rect.width.baseVal.value / 2;
-    const cy = parseFloat(m[2]) + 18;
+    const cy = parseFloat(m[2]) + 16;
     state.view = { k, x: box.width / 2 - cx * k, y: box.height / 2 - cy * k };
     applyView();
   }

@@ -4,7 +4,7 @@
 mod commands;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use commands::{cam, demo, extract, report, show, summary, train};
+use commands::{cam, demo, explore, extract, report, show, summary, train};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,7 @@ enum Command {
     Show(show::Args),
     Cam(cam::Args),
     Report(report::Args),
+    Explore(explore::Args),
     Extract(extract::Args),
 }
 
@@ -61,6 +62,7 @@ fn main() {
         Command::Show(a) => show::run(a),
         Command::Cam(a) => cam::run(a),
         Command::Report(a) => report::run(a),
+        Command::Explore(a) => explore::run(a),
         Command::Extract(a) => extract::run(a),
     };
     if let Err(e) = r {

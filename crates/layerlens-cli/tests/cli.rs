@@ -82,7 +82,23 @@ fn commands_write_what_they_say() {
         String::from_utf8_lossy(&out.stderr)
     );
     let html = std::fs::read_to_string(&report).unwrap();
-    assert!(html.contains("GradCamPlusPlus over conv2d_1") && html.contains("<img "));
+    // The explorer's static export: its answers inline, CAMs named as people
+    // write them, classes by their Fashion-MNIST names.
+    assert!(html.contains("window.LAYERLENS_STATIC") && html.contains("data:image/png;base64,"));
+    assert!(
+        html.contains(r#""method":"Grad-CAM++""#),
+        "Grad-CAM++ by name"
+    );
+    assert!(
+        layerlens::data::FASHION_CLASSES
+            .iter()
+            .any(|c| html.contains(&format!(r#""class_name":"{c}""#))),
+        "a Fashion-MNIST class name"
+    );
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "nothing external"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

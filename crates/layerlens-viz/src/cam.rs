@@ -10,7 +10,7 @@ use layerlens_core::{Error, Mode, Model, Result, RunOptions};
 use std::cell::Cell;
 
 /// Which CAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CamMethod {
     /// Channel weights = spatial mean of the gradient (Selvaraju et al. 2017).
     GradCam,
@@ -27,7 +27,44 @@ pub enum CamMethod {
 }
 
 impl CamMethod {
-    /// Parses `gradcam`, `gradcam++`, `scorecam`, `eigencam` or `layercam`.
+    /// Every method, in the order menus list them.
+    pub const ALL: [CamMethod; 5] = [
+        CamMethod::GradCam,
+        CamMethod::GradCamPlusPlus,
+        CamMethod::ScoreCam,
+        CamMethod::EigenCam,
+        CamMethod::LayerCam,
+    ];
+
+    /// The name as the papers and people write it: `Grad-CAM++`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CamMethod::GradCam => "Grad-CAM",
+            CamMethod::GradCamPlusPlus => "Grad-CAM++",
+            CamMethod::ScoreCam => "Score-CAM",
+            CamMethod::EigenCam => "Eigen-CAM",
+            CamMethod::LayerCam => "LayerCAM",
+        }
+    }
+
+    /// The short name [`parse`](Self::parse) takes: `gradcam++`.
+    pub fn key(self) -> &'static str {
+        match self {
+            CamMethod::GradCam => "gradcam",
+            CamMethod::GradCamPlusPlus => "gradcam++",
+            CamMethod::ScoreCam => "scorecam",
+            CamMethod::EigenCam => "eigencam",
+            CamMethod::LayerCam => "layercam",
+        }
+    }
+
+    /// Whether the method is class-agnostic (Eigen-CAM explains no class).
+    pub fn is_class_agnostic(self) -> bool {
+        self == CamMethod::EigenCam
+    }
+
+    /// Parses `gradcam`, `gradcam++`, `scorecam`, `eigencam` or `layercam`
+    /// (case, `-` and `_` ignored, so `Grad-CAM++` is read too).
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
             "gradcam" => CamMethod::GradCam,
@@ -37,6 +74,12 @@ impl CamMethod {
             "layercam" => CamMethod::LayerCam,
             other => return Err(Error::invalid("cam", format!("unknown CAM method '{other}' (gradcam, gradcam++, scorecam, eigencam, layercam)"))),
         })
+    }
+}
+
+impl std::fmt::Display for CamMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
     }
 }
 

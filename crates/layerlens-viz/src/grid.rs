@@ -90,9 +90,9 @@ fn num(v: f32) -> String {
 }
 
 const GAP: u32 = 4;
-const LABEL_H: u32 = 20;
-const TITLE_H: u32 = 14;
-const BAR_H: u32 = 26;
+const LABEL_H: u32 = 26;
+const TITLE_H: u32 = 18;
+const BAR_H: u32 = 30;
 const BG: Rgb<u8> = Rgb([255, 255, 255]);
 const INK: [u8; 3] = [20, 20, 20];
 
@@ -182,7 +182,10 @@ pub fn feature_grid(act: &Tensor, opts: &GridOptions) -> Result<RgbImage> {
             .iter()
             .map(|(l, v)| {
                 let r = Range::of(v);
-                text::width(l, 1).max(text::width(&format!("{}..{}", num(r.lo), num(r.hi)), 1))
+                text::width(l, text::SMALL).max(text::width(
+                    &format!("{}..{}", num(r.lo), num(r.hi)),
+                    text::SMALL,
+                ))
             })
             .max()
             .unwrap_or(0)
@@ -194,7 +197,7 @@ pub fn feature_grid(act: &Tensor, opts: &GridOptions) -> Result<RgbImage> {
     let height = title_h + GAP + rows * (th + label_h + GAP) + bar_h;
     let mut img = RgbImage::from_pixel(width, height, BG);
     if let Some(t) = &opts.title {
-        text::draw(&mut img, GAP, 3, t, INK, 1);
+        text::draw(&mut img, GAP, 2, t, INK, text::TITLE);
     }
     for (k, (label, values)) in tiles.iter().enumerate() {
         let (col, row) = (k as u32 % cols, k as u32 / cols);
@@ -207,14 +210,14 @@ pub fn feature_grid(act: &Tensor, opts: &GridOptions) -> Result<RgbImage> {
             shared
         };
         if opts.labels {
-            text::draw(&mut img, x0, y0 + 1, label, INK, 1);
+            text::draw(&mut img, x0, y0, label, INK, text::SMALL);
             text::draw(
                 &mut img,
                 x0,
-                y0 + 10,
+                y0 + 12,
                 &format!("{}..{}", num(own.lo), num(own.hi)),
                 [90, 90, 90],
-                1,
+                text::SMALL,
             );
         }
         for y in 0..th {
@@ -238,14 +241,14 @@ pub fn feature_grid(act: &Tensor, opts: &GridOptions) -> Result<RgbImage> {
         } else {
             (num(shared.lo), num(shared.hi))
         };
-        text::draw(&mut img, x0, y0 + 11, &lo, INK, 1);
+        text::draw(&mut img, x0, y0 + 11, &lo, INK, text::SMALL);
         text::draw(
             &mut img,
-            (x0 + bw).saturating_sub(text::width(&hi, 1)),
+            (x0 + bw).saturating_sub(text::width(&hi, text::SMALL)),
             y0 + 11,
             &hi,
             INK,
-            1,
+            text::SMALL,
         );
     }
     Ok(img)

@@ -27,6 +27,8 @@ pub struct ReportOptions {
     pub channels: usize,
     /// A CAM to overlay on the input, if any.
     pub cam: Option<CamOptions>,
+    /// Class names by index, to name the CAM's class (ImageNet, Fashion-MNIST...).
+    pub class_names: Option<Vec<String>>,
 }
 
 impl Default for ReportOptions {
@@ -37,6 +39,7 @@ impl Default for ReportOptions {
             max_layers: 8,
             channels: 16,
             cam: None,
+            class_names: None,
         }
     }
 }
@@ -104,13 +107,17 @@ pub fn html_report(
         let maps = cam(model, input, c)?;
         let first = &maps[0];
         let over = overlay(img, &first.heatmap, Colormap::Inferno, 0.5)?;
+        let class = match opts.class_names.as_ref().and_then(|n| n.get(first.class)) {
+            Some(name) => format!("{} ({})", esc(name), first.class),
+            None => first.class.to_string(),
+        };
         let _ = write!(
             h,
-            "<section id=\"cam\"><h2>{:?} over {}</h2><p>Class {} (score {:.3}).</p><div class=\"row\">\
+            "<section id=\"cam\"><h2>{} over {}</h2><p>Class {} (score {:.3}).</p><div class=\"row\">\
              <img alt=\"input\" src=\"{}\" width=\"{}\"><img alt=\"cam\" src=\"{}\" width=\"{}\"></div></section>",
             c.method,
             esc(&c.layer),
-            first.class,
+            class,
             first.score,
             png_uri(img)?,
             img.width().max(224),

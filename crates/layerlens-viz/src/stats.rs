@@ -58,15 +58,49 @@ pub fn layer_stats(act: &Tensor) -> Result<LayerStats> {
     })
 }
 
-/// A histogram of `values` as a picture (bars drawn with plotters), with its
-/// range and the largest count written underneath.
+/// Tick positions for `[lo, hi]`: about `target` round numbers (1, 2 or 5
+/// times a power of ten apart) inside the range.
+pub fn nice_ticks(lo: f32, hi: f32, target: usize) -> Vec<f32> {
+    let span = (hi - lo) as f64;
+    if span.is_nan() || span <= 0.0 || !span.is_finite() {
+        return vec![lo];
+    }
+    let raw = span / target.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let first = (lo as f64 / step).ceil() as i64;
+    let last = (hi as f64 / step).floor() as i64;
+    (first..=last).map(|i| (i as f64 * step) as f32).collect()
+}
+
+/// A tick label: short, without float noise (`0.30000001` is `0.3`).
+fn tick_label(v: f32, step: f32) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    let decimals = (-(step.abs() as f64).log10().floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
+}
+
+/// A histogram of `values` as a picture: `bins` bars over the finite values'
+/// range, with an x axis (values) and a y axis (counts), both with ticks and
+/// labels, and `title` above.
 pub fn histogram(
     values: &[f32],
     bins: usize,
     title: &str,
     size: (u32, u32),
 ) -> Result<image::RgbImage> {
-    use plotters::prelude::*;
+    use crate::text;
+    use image::Rgb;
     let bins = bins.max(1);
     let finite: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
     let (lo, hi) = finite
@@ -86,58 +120,89 @@ pub fn histogram(
     }
     let top = counts.iter().copied().max().unwrap_or(0).max(1);
     let (w, h) = size;
-    let plot_h = h.saturating_sub(24);
-    let mut buf = vec![255u8; (w * plot_h * 3) as usize];
-    {
-        let err = |e: String| layerlens_core::Error::invalid("histogram", e);
-        let root = BitMapBackend::with_buffer(&mut buf, (w, plot_h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(6)
-            .build_cartesian_2d(lo..hi, 0f32..top as f32 * 1.05)
-            .map_err(|e| err(e.to_string()))?;
-        let bars = counts.iter().enumerate().map(|(i, &c)| {
-            let x0 = lo + i as f32 * width;
-            Rectangle::new(
-                [(x0, 0.0), (x0 + width * 0.9, c as f32)],
-                RGBColor(70, 110, 180).filled(),
-            )
-        });
-        chart.draw_series(bars).map_err(|e| err(e.to_string()))?;
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(lo, 0.0), (hi, 0.0)],
-                BLACK,
-            )))
-            .map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
+    let ink = [20, 20, 20];
+    let y_ticks = nice_ticks(0.0, top as f32, 4);
+    let y_step = y_ticks.get(1).map_or(1.0, |t| t - y_ticks[0]).max(1.0);
+    let y_labels: Vec<String> = y_ticks.iter().map(|&t| tick_label(t, y_step)).collect();
+    let left = 8 + y_labels
+        .iter()
+        .map(|l| text::width(l, text::SMALL))
+        .max()
+        .unwrap_or(0);
+    let (top_m, bottom_m, right_m) = (20u32, 34u32, 12u32);
+    if w < left + right_m + 20 || h < top_m + bottom_m + 20 {
+        return Err(layerlens_core::Error::invalid(
+            "histogram",
+            format!("{w}x{h} is too small for a histogram with axes"),
+        ));
     }
-    let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
-    for (i, px) in buf.chunks_exact(3).enumerate() {
-        img.put_pixel(
-            i as u32 % w,
-            i as u32 / w,
-            image::Rgb([px[0], px[1], px[2]]),
+    let (pw, ph) = (w - left - right_m, h - top_m - bottom_m);
+    let mut img = image::RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    let x_px = |v: f32| left as f32 + (v - lo) / (hi - lo) * pw as f32;
+    let y_px = |c: f32| (top_m + ph) as f32 - c / (top as f32 * 1.05) * ph as f32;
+    let bar = Rgb([70, 110, 180]);
+    for (i, &c) in counts.iter().enumerate() {
+        let (x0, x1) = (
+            x_px(lo + i as f32 * width),
+            x_px(lo + (i as f32 + 0.9) * width),
+        );
+        let y0 = y_px(c as f32);
+        for x in x0.round() as u32..(x1.round() as u32).max(x0.round() as u32 + 1) {
+            for y in y0.round() as u32..top_m + ph {
+                img.put_pixel(x.min(w - 1), y, bar);
+            }
+        }
+    }
+    // Axes.
+    for x in left..=left + pw {
+        img.put_pixel(x, top_m + ph, Rgb(ink));
+    }
+    for y in top_m..=top_m + ph {
+        img.put_pixel(left, y, Rgb(ink));
+    }
+    for (t, label) in y_ticks.iter().zip(&y_labels) {
+        let y = y_px(*t).round() as u32;
+        for x in left - 4..left {
+            img.put_pixel(x, y, Rgb(ink));
+        }
+        let lw = text::width(label, text::SMALL);
+        text::draw(
+            &mut img,
+            left - 6 - lw,
+            y.saturating_sub(7),
+            label,
+            ink,
+            text::SMALL,
         );
     }
-    let ink = [20, 20, 20];
-    crate::text::draw(&mut img, 4, plot_h + 2, &format!("{lo:.3}"), ink, 1);
-    let hi_s = format!("{hi:.3}");
-    crate::text::draw(
+    let x_ticks = nice_ticks(lo, hi, 5);
+    let x_step = x_ticks.get(1).map_or(hi - lo, |t| t - x_ticks[0]);
+    for t in &x_ticks {
+        let x = x_px(*t).round() as u32;
+        for y in top_m + ph..top_m + ph + 4 {
+            img.put_pixel(x.min(w - 1), y, Rgb(ink));
+        }
+        let label = tick_label(*t, x_step);
+        let lw = text::width(&label, text::SMALL);
+        let lx = x.saturating_sub(lw / 2).min(w.saturating_sub(lw));
+        text::draw(&mut img, lx, top_m + ph + 5, &label, ink, text::SMALL);
+    }
+    let axis = "value";
+    text::draw(
         &mut img,
-        w.saturating_sub(crate::text::width(&hi_s, 1) + 4),
-        plot_h + 2,
-        &hi_s,
-        ink,
-        1,
+        left + pw / 2 - text::width(axis, text::SMALL) / 2,
+        top_m + ph + 19,
+        axis,
+        [90, 90, 90],
+        text::SMALL,
     );
-    crate::text::draw(
+    text::draw(
         &mut img,
         4,
-        plot_h + 13,
-        &format!("{title} (max count {top})"),
-        [90, 90, 90],
-        1,
+        3,
+        &format!("{title}: count per bin ({bins} bins)"),
+        ink,
+        text::SMALL,
     );
     Ok(img)
 }
@@ -161,5 +226,33 @@ mod tests {
         assert_eq!(s.zero_fraction, 5.0 / 8.0);
         assert_eq!((s.min, s.max, s.mean), (0.0, 3.0, 0.75));
         assert!((s.std - 1.0897247).abs() < 1e-5);
+    }
+
+    #[test]
+    fn ticks_are_round_and_inside_the_range() {
+        assert_eq!(
+            nice_ticks(0.0, 10.0, 5),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+        );
+        assert_eq!(nice_ticks(-0.27, 0.33, 5), vec![-0.2, 0.0, 0.2]);
+        assert_eq!(
+            nice_ticks(-0.27, 0.33, 10),
+            vec![-0.2, -0.1, 0.0, 0.1, 0.2, 0.3]
+        );
+        assert_eq!(nice_ticks(3.0, 3.0, 5), vec![3.0]);
+        assert_eq!(tick_label(0.1 + 0.2, 0.1), "0.3");
+        assert_eq!(tick_label(1500.0, 500.0), "1500");
+    }
+
+    #[test]
+    fn histograms_have_axes_and_refuse_tiny_sizes() {
+        let v: Vec<f32> = (0..1000).map(|i| (i % 37) as f32 / 10.0).collect();
+        let img = histogram(&v, 20, "conv", (360, 180)).unwrap();
+        // The x axis is a dark horizontal line across the plot area.
+        let axis_y = (0..180)
+            .find(|&y| (60..300).all(|x| img.get_pixel(x, y).0[0] < 60))
+            .expect("an x axis");
+        assert!(axis_y > 100, "{axis_y}");
+        assert!(histogram(&v, 20, "conv", (30, 30)).is_err());
     }
 }

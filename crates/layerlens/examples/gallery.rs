@@ -107,6 +107,7 @@ fn main() -> Result<()> {
             .to_vec(),
         ),
         cam: Some(CamOptions::new(CamMethod::GradCam, "_relu1")),
+        class_names: Some(classes.iter().map(|s| s.to_string()).collect()),
         ..Default::default()
     };
     let html = html_report(&model, &x, Some(&base), &report)?;

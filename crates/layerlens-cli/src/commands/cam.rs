@@ -39,10 +39,11 @@ pub fn run(a: &Args) -> Result<()> {
     let model = super::open_model(&a.model)?;
     let (x, picture) =
         layerlens::spec::load_picture(Path::new(&a.input), &model, super::preset(&a.preprocess)?)?;
-    let method = &a.method;
+    let parsed = CamMethod::parse(&a.method)?;
+    let method = parsed.label();
     let opts = CamOptions {
         class: a.class,
-        ..CamOptions::new(CamMethod::parse(method)?, &a.layer)
+        ..CamOptions::new(parsed, &a.layer)
     };
     let c = cam(&model, &x, &opts)?.remove(0);
     if c.raw.max_all()?.to_scalar::<f32>()? <= 0.0 {
@@ -65,10 +66,15 @@ pub fn run(a: &Args) -> Result<()> {
         );
     }
     layerlens::viz::grid::save_png(&img, &a.out)?;
+    // Classes by name where the model's labels are known (the zoo's).
+    let class =
+        match layerlens_explorer::known_labels(&a.model).and_then(|l| l.get(c.class).cloned()) {
+            Some(name) => format!("class {} ({name})", c.class),
+            None => format!("class {}", c.class),
+        };
     eprintln!(
-        "wrote {} ({method} for class {}, score {:.3})",
+        "wrote {} ({method} for {class}, score {:.3})",
         a.out.display(),
-        c.class,
         c.score
     );
     Ok(())

@@ -148,6 +148,7 @@ pub fn run(a: &Args) -> Result<()> {
     let report = ReportOptions {
         title: format!("seed CNN on a Fashion-MNIST {}", labels[0]),
         cam: Some(CamOptions::new(CamMethod::GradCamPlusPlus, "conv2d_1")),
+        class_names: Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect()),
         ..Default::default()
     };
     let html = html_report(&model, &first, Some(&to_rgb_image(&first)?), &report)?;

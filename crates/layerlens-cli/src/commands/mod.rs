@@ -3,6 +3,7 @@
 
 pub mod cam;
 pub mod demo;
+pub mod explore;
 pub mod extract;
 pub mod report;
 pub mod show;

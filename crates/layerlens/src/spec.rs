@@ -43,7 +43,7 @@ pub fn random_weights_warning(spec: &str) -> Option<String> {
 
 /// What a `MODEL` string may be, for error messages.
 const MODEL_FORMS: &str =
-    "an .onnx file, a saved layerlens model directory (with model.json) or zoo:NAME[=WEIGHTS]";
+    "an .onnx file, a Keras .keras/.h5 file, a saved layerlens model directory (with model.json) or zoo:NAME[=WEIGHTS]";
 
 /// Opens a model from a spec: `zoo:NAME` (with `=WEIGHTS.pth|.safetensors` to
 /// load a state dict into it, `=random` to keep the seeded random weights
@@ -77,6 +77,19 @@ pub fn open_model(spec: &str) -> Result<Model> {
     let path = Path::new(spec);
     if path.extension().is_some_and(|e| e == "onnx") {
         return crate::onnx::import(path);
+    }
+    // Keras files are recognised by content (zip with config.json, HDF5), not name.
+    match crate::keras::detect(path) {
+        Some(crate::keras::KerasFormat::Keras | crate::keras::KerasFormat::LegacyH5) => {
+            return crate::keras::import(path)
+        }
+        Some(crate::keras::KerasFormat::WeightsH5) => {
+            return Err(Error::Format {
+                path: spec.to_string(),
+                message: "a Keras weights-only HDF5 file has no architecture: open the .keras/.h5 model, or import it with its config (layerlens_keras::import_config_and_weights)".into(),
+            })
+        }
+        None => {}
     }
     if !path.is_dir() {
         return Err(Error::Format {
@@ -299,7 +312,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("/nonexistent/model.bin: not an .onnx file"),
+            e.starts_with("/nonexistent/model.bin: not an .onnx file, a Keras"),
             "{e}"
         );
     }

@@ -7,7 +7,7 @@ use anyhow::Result;
 /// Example: layerlens summary zoo:seed_cnn
 #[derive(clap::Args)]
 pub struct Args {
-    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    /// An .onnx file, a Keras .keras/.h5 file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
 }
 

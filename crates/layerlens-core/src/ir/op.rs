@@ -5,7 +5,9 @@ use crate::ops::{
     Activation, Add, BatchNorm, Concat, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool, LayerOp,
     Mul, Pool2d, Reshape,
 };
-use crate::ops::{ConvTranspose2d, Elementwise, Pad2d, Permute, Upsample};
+use crate::ops::{
+    ConvTranspose2d, Crop2d, Elementwise, LayerNorm, PRelu, Pad2d, Permute, Upsample,
+};
 use crate::shape::Shape;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,12 @@ pub enum OpT<L> {
     Upsample(Upsample),
     /// A Lambda or custom layer.
     Lambda(L),
+    /// Layer normalisation.
+    LayerNorm(LayerNorm),
+    /// Parametric ReLU.
+    PRelu(PRelu),
+    /// Spatial cropping.
+    Crop2d(Crop2d),
 }
 
 /// An operation in a live graph.
@@ -78,6 +86,9 @@ impl<L> OpT<L> {
             OpT::Pad2d(l) => l,
             OpT::Permute(l) => l,
             OpT::Upsample(l) => l,
+            OpT::LayerNorm(l) => l,
+            OpT::PRelu(l) => l,
+            OpT::Crop2d(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -102,6 +113,9 @@ impl<L> OpT<L> {
             OpT::Pad2d(l) => l,
             OpT::Permute(l) => l,
             OpT::Upsample(l) => l,
+            OpT::LayerNorm(l) => l,
+            OpT::PRelu(l) => l,
+            OpT::Crop2d(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -128,6 +142,9 @@ impl<L> OpT<L> {
             OpT::Permute(l) => OpT::Permute(l),
             OpT::Upsample(l) => OpT::Upsample(l),
             OpT::Lambda(l) => OpT::Lambda(f(l)?),
+            OpT::LayerNorm(l) => OpT::LayerNorm(l),
+            OpT::PRelu(l) => OpT::PRelu(l),
+            OpT::Crop2d(l) => OpT::Crop2d(l),
         })
     }
 }
@@ -158,6 +175,9 @@ impl Op {
             OpT::Permute(_) => "Permute".into(),
             OpT::Upsample(u) => format!("Upsample({:?})", u.mode),
             OpT::Lambda(l) => format!("Lambda({})", l.op.type_name()),
+            OpT::LayerNorm(_) => "LayerNorm".into(),
+            OpT::PRelu(_) => "PRelu".into(),
+            OpT::Crop2d(_) => "Crop2d".into(),
         }
     }
 
@@ -196,5 +216,8 @@ into_op!(
     ConvTranspose2d,
     Pad2d,
     Permute,
-    Upsample
+    Upsample,
+    LayerNorm,
+    PRelu,
+    Crop2d
 );

@@ -47,6 +47,66 @@ pub enum Activation {
         /// Axis of the batched tensor; negative counts from the end.
         axis: isize,
     },
+    /// `x` for `x > 0`, else `alpha * (exp(x) - 1)` (Keras `elu`).
+    Elu {
+        /// Scale of the negative part.
+        alpha: f32,
+    },
+    /// `1.0507 * elu(x, 1.6733)` (Keras `selu`).
+    Selu,
+    /// `0.5 x (1 + erf(x / sqrt 2))`, the exact GELU (Keras `gelu`, `approximate=False`).
+    Gelu,
+    /// The tanh approximation of GELU (Keras `gelu` with `approximate=True`).
+    GeluTanh,
+    /// `x * sigmoid(x)` (Keras `silu` / `swish`).
+    Silu,
+    /// `log(1 + exp(x))`, computed without overflow.
+    Softplus,
+    /// `x / (1 + |x|)`.
+    Softsign,
+    /// `exp(x)`.
+    Exponential,
+    /// `x * tanh(softplus(x))`.
+    Mish,
+    /// Keras' `ReLU` layer in full: `max_value` at and above `max_value`, `x`
+    /// from `threshold` up, `negative_slope * (x - threshold)` below it.
+    ReluGeneral {
+        /// Upper saturation value (`None`: unbounded).
+        max_value: Option<f32>,
+        /// Slope below the threshold.
+        negative_slope: f32,
+        /// Where the identity part starts.
+        threshold: f32,
+    },
+    /// `log(softmax(x))` over a full-tensor axis (Keras `log_softmax`).
+    LogSoftmax {
+        /// Axis of the batched tensor; negative counts from the end.
+        axis: isize,
+    },
+    /// `x - tanh(x)` (Keras `tanh_shrink`).
+    TanhShrink,
+    /// `log(sigmoid(x))`, computed without overflow (Keras `log_sigmoid`).
+    LogSigmoid,
+    /// `max(0, x) + min(0, alpha * (exp(x / alpha) - 1))` (Keras `celu`).
+    Celu {
+        /// Scale of the negative part.
+        alpha: f32,
+    },
+    /// `(x + sqrt(x^2 + b)) / 2` (Keras `squareplus`).
+    Squareplus {
+        /// Smoothness.
+        b: f32,
+    },
+    /// `x - t` above `t`, `x + t` below `-t`, 0 between (Keras `soft_shrink`).
+    SoftShrink {
+        /// Threshold.
+        threshold: f32,
+    },
+    /// `x` where `|x| > t`, else 0 (Keras `hard_shrink`).
+    HardShrink {
+        /// Threshold.
+        threshold: f32,
+    },
 }
 
 impl Activation {
@@ -78,14 +138,56 @@ impl Activation {
             Activation::HardSigmoidAb { alpha, beta } => {
                 ((x * alpha as f64)? + beta as f64)?.clamp(0f32, 1f32)
             }
-            Activation::Softmax { axis } => {
-                let a = resolve_axis(axis, x.rank()).ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "softmax axis {axis} out of range for rank {}",
-                        x.rank()
-                    ))
-                })?;
-                candle_nn::ops::softmax(x, a)
+            Activation::Softmax { axis } => candle_nn::ops::softmax(x, softmax_axis(axis, x)?),
+            Activation::LogSoftmax { axis } => {
+                candle_nn::ops::log_softmax(x, softmax_axis(axis, x)?)
+            }
+            Activation::Elu { alpha } => x.elu(alpha as f64),
+            Activation::Selu => x.elu(SELU_ALPHA)? * SELU_SCALE,
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Silu => x.silu(),
+            Activation::Softplus => softplus(x),
+            Activation::Softsign => x.broadcast_div(&(x.abs()? + 1.0)?),
+            Activation::Exponential => x.exp(),
+            Activation::Mish => x.mul(&softplus(x)?.tanh()?),
+            Activation::ReluGeneral {
+                max_value,
+                negative_slope,
+                threshold,
+            } => {
+                let zero = x.zeros_like()?;
+                let below = ((x - threshold as f64)? * negative_slope as f64)?;
+                let y = x.ge(threshold)?.where_cond(x, &below)?;
+                let y = if negative_slope == 0.0 {
+                    // Keras' threshold ReLU gives exact zeros below the threshold.
+                    x.ge(threshold)?.where_cond(&y, &zero)?
+                } else {
+                    y
+                };
+                match max_value {
+                    Some(m) => y.minimum(m),
+                    None => Ok(y),
+                }
+            }
+            Activation::TanhShrink => x - x.tanh()?,
+            // log(sigmoid(x)) = -softplus(-x).
+            Activation::LogSigmoid => softplus(&x.neg()?)?.neg(),
+            Activation::Celu { alpha } => {
+                let a = alpha as f64;
+                let neg = (((x / a)?.exp()? - 1.0)? * a)?.minimum(0f32)?;
+                x.relu()? + neg
+            }
+            Activation::Squareplus { b } => (x + (x.sqr()? + b as f64)?.sqrt()?)? / 2.0,
+            Activation::SoftShrink { threshold } => {
+                let t = threshold as f64;
+                let zero = x.zeros_like()?;
+                let hi = x.gt(threshold)?.where_cond(&(x - t)?, &zero)?;
+                x.lt(-threshold)?.where_cond(&(x + t)?, &hi)
+            }
+            Activation::HardShrink { threshold } => {
+                let zero = x.zeros_like()?;
+                x.abs()?.gt(threshold)?.where_cond(x, &zero)
             }
         }
     }
@@ -101,9 +203,54 @@ impl Activation {
             | Activation::HardSigmoidAb { .. }
             | Activation::Softmax { .. } => (Some(0.0), Some(1.0)),
             Activation::Clip { min, max } => (Some(*min), Some(*max)),
-            Activation::LeakyRelu { .. } | Activation::HardSwish => (None, None),
+            Activation::Elu { alpha } | Activation::Celu { alpha } => (Some(-alpha.abs()), None),
+            Activation::Selu => (Some(-(SELU_SCALE * SELU_ALPHA) as f32), None),
+            Activation::Softplus | Activation::Exponential | Activation::Squareplus { .. } => {
+                (Some(0.0), None)
+            }
+            Activation::Softsign => (Some(-1.0), Some(1.0)),
+            Activation::LogSoftmax { .. } | Activation::LogSigmoid => (None, Some(0.0)),
+            Activation::ReluGeneral {
+                max_value,
+                negative_slope,
+                ..
+            } => (
+                if *negative_slope == 0.0 {
+                    Some(0.0)
+                } else {
+                    None
+                },
+                *max_value,
+            ),
+            Activation::LeakyRelu { .. }
+            | Activation::HardSwish
+            | Activation::Gelu
+            | Activation::GeluTanh
+            | Activation::Silu
+            | Activation::Mish
+            | Activation::TanhShrink
+            | Activation::SoftShrink { .. }
+            | Activation::HardShrink { .. } => (None, None),
         }
     }
+}
+
+/// SELU's constants (Klambauer et al., as in Keras and PyTorch).
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+
+fn softmax_axis(axis: isize, x: &Tensor) -> candle_core::Result<usize> {
+    resolve_axis(axis, x.rank()).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "softmax axis {axis} out of range for rank {}",
+            x.rank()
+        ))
+    })
+}
+
+/// `log(1 + exp(x))` as `max(x, 0) + log(1 + exp(-|x|))`, which never overflows.
+fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
 impl LayerOp for Activation {
@@ -119,13 +266,29 @@ impl LayerOp for Activation {
             Activation::Softmax { .. } => "softmax",
             Activation::Clip { .. } => "clip",
             Activation::HardSigmoidAb { .. } => "hard_sigmoid",
+            Activation::Elu { .. } => "elu",
+            Activation::Selu => "selu",
+            Activation::Gelu | Activation::GeluTanh => "gelu",
+            Activation::Silu => "silu",
+            Activation::Softplus => "softplus",
+            Activation::Softsign => "softsign",
+            Activation::Exponential => "exponential",
+            Activation::Mish => "mish",
+            Activation::ReluGeneral { .. } => "re_lu",
+            Activation::LogSoftmax { .. } => "log_softmax",
+            Activation::TanhShrink => "tanh_shrink",
+            Activation::LogSigmoid => "log_sigmoid",
+            Activation::Celu { .. } => "celu",
+            Activation::Squareplus { .. } => "squareplus",
+            Activation::SoftShrink { .. } => "soft_shrink",
+            Activation::HardShrink { .. } => "hard_shrink",
         }
     }
 
     fn infer(&mut self, ctx: &InferCtx) -> Result<Shape> {
         ctx.expect_inputs(1)?;
         let s = ctx.input_shapes[0].clone();
-        if let Activation::Softmax { axis } = *self {
+        if let Activation::Softmax { axis } | Activation::LogSoftmax { axis } = *self {
             if resolve_axis(axis, s.rank() + 1).is_none_or(|a| a == 0) {
                 return Err(Error::invalid(
                     ctx.node,

@@ -1,5 +1,7 @@
 //! ONNX graph -> layerlens graph.
 
+mod resize;
+
 use crate::fold::fold;
 use crate::proto::{AttributeProto, ModelProto, NodeProto};
 use crate::tensor::{decode, Const, Data, BATCH};
@@ -9,7 +11,7 @@ use layerlens_core::lambda::Reduce;
 use layerlens_core::ops::{
     Activation, BatchNorm, BinaryKind, Concat, ConstOperand, Conv2d, ConvTranspose2d, Dense,
     Elementwise, Flatten, GlobalAvgPool, Pad2d, PadMode, Padding, Permute, Pool2d, PoolKind,
-    Reshape, Side, Upsample, UpsampleMode,
+    Reshape, Side,
 };
 use layerlens_core::{Error, Model, Result, Shape};
 use prost::Message;
@@ -899,126 +901,7 @@ impl Importer<'_> {
                 let per: Vec<usize> = perm[1..].iter().map(|&p| (p - 1).max(0) as usize).collect();
                 self.g.add_as(&name, Permute { perm: per }, &[x])?
             }
-            "Resize" | "Upsample" => {
-                let (h, w) = match self.g.shape(x).chw() {
-                    Some((_, h, w)) => (h, w),
-                    None => {
-                        return Err(self.err(
-                            n,
-                            format!(
-                                "resizes a {} tensor; only NCHW is supported",
-                                self.g.shape(x)
-                            ),
-                        ))
-                    }
-                };
-                let scales_input = if op == "Upsample" { 1 } else { 2 };
-                let scales = match self.opt_constant(n, scales_input)? {
-                    Some(c) if c.len() > 0 => Some(c.floats()),
-                    _ => attr(n, "scales").map(|a| a.floats.clone()),
-                };
-                let sizes = if op == "Resize" {
-                    self.opt_constant(n, 3)?.map(|c| c.ints())
-                } else {
-                    None
-                };
-                let positive = |v: f64| {
-                    (v.is_finite() && v >= 1.0 && v <= layerlens_core::shape::MAX_ELEMENTS as f64)
-                        .then_some(v as usize)
-                };
-                let size = match (sizes, scales.clone()) {
-                    (Some(s), _) if s.len() == 4 => match (positive(s[2] as f64), positive(s[3] as f64)) {
-                        (Some(a), Some(b)) => [a, b],
-                        _ => return Err(self.err(n, format!("sizes {s:?}: the spatial sizes must be positive"))),
-                    },
-                    (_, Some(s)) if s.len() == 4 && s[0] == 1.0 && s[1] == 1.0 => {
-                        let scaled = |n: usize, f: f32| positive((n as f64 * f as f64).floor());
-                        match (scaled(h, s[2]), scaled(w, s[3])) {
-                            (Some(a), Some(b)) => [a, b],
-                            _ => return Err(self.err(n, format!("scales {s:?} on {h}x{w}: the output must be at least 1x1"))),
-                        }
-                    }
-                    _ => return Err(self.err(n, "only NCHW resizing of the spatial axes (scales [1, 1, sh, sw] or 4 sizes) is supported".into())),
-                };
-                let s = |k: &str, d: &str| {
-                    attr(n, k)
-                        .map(|a| String::from_utf8_lossy(&a.s).to_string())
-                        .unwrap_or_else(|| d.to_string())
-                };
-                let mode = s("mode", "nearest");
-                let coord = s(
-                    "coordinate_transformation_mode",
-                    if op == "Upsample" {
-                        "asymmetric"
-                    } else {
-                        "half_pixel"
-                    },
-                );
-                let nearest = s(
-                    "nearest_mode",
-                    if op == "Upsample" {
-                        "floor"
-                    } else {
-                        "round_prefer_floor"
-                    },
-                );
-                // What the Upsample kernel computes: nearest picks floor(x_out * in / out),
-                // bilinear samples at the ratio of sizes. Anything else is refused.
-                if size[0] < h || size[1] < w {
-                    return Err(self.err(
-                        n,
-                        format!(
-                            "downscaling ({h}x{w} to {}x{}) is not supported",
-                            size[0], size[1]
-                        ),
-                    ));
-                }
-                if Self::int(n, "antialias").unwrap_or(0) != 0 && (size[0] != h || size[1] != w) {
-                    // Antialiasing only changes downscaling, refused above; kept for clarity.
-                    return Err(self.err(n, "antialias=1 is not supported".into()));
-                }
-                let policy = s("keep_aspect_ratio_policy", "stretch");
-                if policy != "stretch" {
-                    return Err(self.err(
-                        n,
-                        format!("keep_aspect_ratio_policy '{policy}' is not supported"),
-                    ));
-                }
-                if attr(n, "axes").is_some() {
-                    return Err(self.err(
-                        n,
-                        "the axes attribute is not supported (give scales or sizes for all 4 axes)"
-                            .into(),
-                    ));
-                }
-                // ONNX maps coordinates with the given scale, the kernel with the size
-                // ratio: they agree only when the scale is that ratio exactly.
-                if let Some(sc) = scales.as_ref().filter(|sc| sc.len() == 4) {
-                    if (size[0] as f64 / h as f64) != sc[2] as f64
-                        || (size[1] as f64 / w as f64) != sc[3] as f64
-                    {
-                        return Err(self.err(n, format!("scales {sc:?} on {h}x{w} do not give whole output sizes; only scales equal to out/in are supported")));
-                    }
-                }
-                let factors = [size[0] / h, size[1] / w];
-                let whole = size[0] % h == 0 && size[1] % w == 0;
-                let mode = match (mode.as_str(), coord.as_str(), nearest.as_str()) {
-                    ("nearest", "asymmetric", "floor") => UpsampleMode::Nearest,
-                    // x_in = x_out / f: rounding half down equals flooring for f <= 2 only
-                    // (f = 3 maps x_out = 2 to 0.67, rounded to 1 but floored to 0).
-                    ("nearest", "asymmetric", "round_prefer_floor") if whole && factors.iter().all(|&f| f <= 2) => UpsampleMode::Nearest,
-                    // Every rounding picks the same pixel when nothing is scaled.
-                    ("nearest", _, _) if size == [h, w] => UpsampleMode::Nearest,
-                    ("linear" | "bilinear", "half_pixel", _) => UpsampleMode::Bilinear,
-                    // pytorch_half_pixel differs from half_pixel only for an output of size 1.
-                    ("linear" | "bilinear", "pytorch_half_pixel", _) if size[0] > 1 && size[1] > 1 => UpsampleMode::Bilinear,
-                    ("linear" | "bilinear", "align_corners", _) => UpsampleMode::BilinearAlignCorners,
-                    (m, c, nm) => {
-                        return Err(self.err(n, format!("resize mode '{m}' with coordinate_transformation_mode '{c}' and nearest_mode '{nm}' is not supported")))
-                    }
-                };
-                self.g.add_as(&name, Upsample { size, mode }, &[x])?
-            }
+            "Resize" | "Upsample" => self.resize(n, &name, op, x)?,
             other => {
                 return Err(self.err(
                     n,

@@ -23,6 +23,6 @@ pub mod proto;
 mod tensor;
 
 pub use import::{import, import_bytes, import_with, ImportOptions, SUPPORTED_OPS};
-pub use tensor::tensor_from_proto;
 /// prost's decoding trait, to read [`proto`] messages directly.
 pub use prost::Message;
+pub use tensor::tensor_from_proto;

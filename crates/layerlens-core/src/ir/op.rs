@@ -6,7 +6,7 @@ use crate::ops::{
     Mul, Pool2d, Reshape,
 };
 use crate::ops::{
-    ConvTranspose2d, Crop2d, Elementwise, LayerNorm, PRelu, Pad2d, Permute, Upsample,
+    ConvTranspose2d, Crop2d, Elementwise, LayerNorm, PRelu, Pad2d, Permute, Resize, Upsample,
 };
 use crate::shape::Shape;
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,8 @@ pub enum OpT<L> {
     PRelu(PRelu),
     /// Spatial cropping.
     Crop2d(Crop2d),
+    /// Spatial resizing with ONNX `Resize` semantics.
+    Resize(Resize),
 }
 
 /// An operation in a live graph.
@@ -89,6 +91,7 @@ impl<L> OpT<L> {
             OpT::LayerNorm(l) => l,
             OpT::PRelu(l) => l,
             OpT::Crop2d(l) => l,
+            OpT::Resize(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -116,6 +119,7 @@ impl<L> OpT<L> {
             OpT::LayerNorm(l) => l,
             OpT::PRelu(l) => l,
             OpT::Crop2d(l) => l,
+            OpT::Resize(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -145,6 +149,7 @@ impl<L> OpT<L> {
             OpT::LayerNorm(l) => OpT::LayerNorm(l),
             OpT::PRelu(l) => OpT::PRelu(l),
             OpT::Crop2d(l) => OpT::Crop2d(l),
+            OpT::Resize(l) => OpT::Resize(l),
         })
     }
 }
@@ -178,6 +183,7 @@ impl Op {
             OpT::LayerNorm(_) => "LayerNorm".into(),
             OpT::PRelu(_) => "PRelu".into(),
             OpT::Crop2d(_) => "Crop2d".into(),
+            OpT::Resize(r) => format!("Resize({:?})", r.kernel),
         }
     }
 
@@ -219,5 +225,6 @@ into_op!(
     Upsample,
     LayerNorm,
     PRelu,
-    Crop2d
+    Crop2d,
+    Resize
 );

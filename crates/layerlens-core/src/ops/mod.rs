@@ -18,6 +18,7 @@ pub mod pool;
 pub mod prelu;
 pub mod resample;
 pub mod reshape;
+pub mod resize;
 
 pub use activation::Activation;
 pub use batch_norm::BatchNorm;
@@ -33,6 +34,7 @@ pub use pool::{GlobalAvgPool, Pool2d, PoolKind};
 pub use prelu::PRelu;
 pub use resample::{ConvTranspose2d, Pad2d, PadMode, Permute, Upsample, UpsampleMode};
 pub use reshape::{Flatten, Reshape};
+pub use resize::{CoordinateMode, NearestRounding, Resize, ResizeKernel};
 
 use crate::error::Result;
 use crate::params::ParamSpec;

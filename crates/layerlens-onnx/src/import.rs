@@ -11,7 +11,7 @@ use layerlens_core::lambda::Reduce;
 use layerlens_core::ops::{
     Activation, BatchNorm, BinaryKind, Concat, ConstOperand, Conv2d, ConvTranspose2d, Dense,
     Elementwise, Flatten, GlobalAvgPool, Pad2d, PadMode, Padding, Permute, Pool2d, PoolKind,
-    Reshape, Side,
+    Reshape, Side, Slice,
 };
 use layerlens_core::{Error, Model, Result, Shape};
 use prost::Message;
@@ -131,8 +131,10 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .ok_or_else(|| bad("no default-domain opset in opset_import".into()))?;
-    if !(7..=21).contains(&opset) {
-        return Err(bad(format!("opset {opset} is not supported (7 to 21 are)")));
+    // Opsets 22-25 change only the data types of the ops translated here;
+    // before 7 a few attributes meant other things (refused by name below).
+    if !(6..=25).contains(&opset) {
+        return Err(bad(format!("opset {opset} is not supported (6 to 25 are)")));
     }
     let name = if graph.name.is_empty() {
         "onnx_model".to_string()
@@ -335,6 +337,25 @@ impl Importer<'_> {
         attr(n, name).map(|a| a.ints.clone())
     }
 
+    /// Opset 6 attributes whose meaning changed in opset 7, refused by name
+    /// unless they keep the later meaning.
+    fn check_opset6(&self, n: &NodeProto, op: &str) -> Result<()> {
+        let refuse = |what: &str| Err(self.err(n, format!("{what} (opset 6) is not supported")));
+        match op {
+            "Add" | "Sub" | "Mul" | "Div" | "Gemm" if attr(n, "axis").is_some() => {
+                refuse("broadcasting along an 'axis' attribute")
+            }
+            "BatchNormalization" if Self::int(n, "spatial") == Some(0) => {
+                refuse("per-activation statistics (spatial=0)")
+            }
+            "BatchNormalization" | "Dropout" if Self::int(n, "is_test") == Some(0) => {
+                refuse("training mode (is_test=0)")
+            }
+            "Upsample" => refuse("Upsample before opset 7"),
+            _ => Ok(()),
+        }
+    }
+
     fn int(n: &NodeProto, name: &str) -> Option<i64> {
         attr(n, name).map(|a| a.i)
     }
@@ -499,7 +520,21 @@ impl Importer<'_> {
                 }
             }
         }
-        if matches!(op, "Identity" | "Dropout") {
+        if self.opset < 7 {
+            self.check_opset6(n, op)?;
+        }
+        if op == "Cast" {
+            // Activations are float32: a cast to float32 changes nothing; any other
+            // target type would round or truncate, which is refused.
+            match Self::int(n, "to") {
+                Some(1) => {}
+                Some(t) => {
+                    return Err(self.err(n, format!("Cast of an activation to ONNX type {t} is not supported (only to FLOAT, type 1)")))
+                }
+                None => return Err(self.err(n, "Cast without a 'to' attribute".into())),
+            }
+        }
+        if matches!(op, "Identity" | "Dropout" | "Cast") {
             let r = self.node_input(n, 0)?;
             let name = sanitize(if n.name.is_empty() {
                 &n.output[0]
@@ -752,7 +787,18 @@ impl Importer<'_> {
                     .add_as(&name, Dense::new(units).bias(c.is_some()), &[x])?;
                 self.weights.push((format!("{name}.weight"), w));
                 if let Some(c) = c {
-                    let bias = Self::tensor(&c)?.broadcast_as(units)?.contiguous()?;
+                    // C broadcasts to (batch, units): only a C that is the same for every
+                    // sample (dims [], [1], [units] or [1, units]) is a bias.
+                    let per_unit = c.dims.iter().rev().skip(1).all(|&d| d == 1)
+                        && c.dims.len() <= 2
+                        && c.dims.last().is_none_or(|&d| d == 1 || d == units);
+                    if !per_unit {
+                        return Err(self.err(n, format!("Gemm input C of dims {:?} differs between samples (rows of the batch); only a bias of dims [{units}] or [1, {units}] is supported", c.dims)));
+                    }
+                    let bias = Self::tensor(&c)?
+                        .flatten_all()?
+                        .broadcast_as(units)?
+                        .contiguous()?;
                     self.weights
                         .push((format!("{name}.bias"), (bias * beta as f64)?));
                 }
@@ -902,6 +948,63 @@ impl Importer<'_> {
                 self.g.add_as(&name, Permute { perm: per }, &[x])?
             }
             "Resize" | "Upsample" => self.resize(n, &name, op, x)?,
+            "Slice" => {
+                let rank = self.g.shape(x).rank() as i64 + 1;
+                let (starts, ends, axes, steps) = if self.opset < 10 {
+                    (
+                        Self::ints(n, "starts"),
+                        Self::ints(n, "ends"),
+                        Self::ints(n, "axes"),
+                        None,
+                    )
+                } else {
+                    let get = |i: usize| -> Result<Option<Vec<i64>>> {
+                        Ok(self.opt_constant(n, i)?.map(|c| c.ints()))
+                    };
+                    (get(1)?, get(2)?, get(3)?, get(4)?)
+                };
+                let (Some(starts), Some(ends)) = (starts, ends) else {
+                    return Err(self.err(n, "Slice needs constant starts and ends".into()));
+                };
+                let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+                let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+                if ends.len() != starts.len()
+                    || axes.len() != starts.len()
+                    || steps.len() != starts.len()
+                {
+                    return Err(self.err(n, format!("starts {starts:?}, ends {ends:?}, axes {axes:?} and steps {steps:?} differ in length")));
+                }
+                let mut slice = Slice {
+                    axes: vec![],
+                    starts: vec![],
+                    ends: vec![],
+                    steps: vec![],
+                };
+                for i in 0..axes.len() {
+                    let a = if axes[i] < 0 { axes[i] + rank } else { axes[i] };
+                    if !(0..rank).contains(&a) {
+                        return Err(self.err(
+                            n,
+                            format!("axis {} is out of range for rank {rank}", axes[i]),
+                        ));
+                    }
+                    if a == 0 {
+                        // `x[0:]`-style full slices of the batch axis are common in exports.
+                        if starts[i] == 0 && ends[i] >= i32::MAX as i64 && steps[i] == 1 {
+                            continue;
+                        }
+                        return Err(self.err(n, format!("Slice of the batch axis (starts {}, ends {}, step {}) is not supported", starts[i], ends[i], steps[i])));
+                    }
+                    slice.axes.push((a - 1) as usize);
+                    slice.starts.push(starts[i]);
+                    slice.ends.push(ends[i]);
+                    slice.steps.push(steps[i]);
+                }
+                self.g.add_as(&name, slice, &[x])?
+            }
+            "Gather" | "Shape" => {
+                return Err(self.err(n, format!("{op} of an activation is not supported (only of constants, which are folded)")));
+            }
             other => {
                 return Err(self.err(
                     n,

@@ -46,7 +46,7 @@ fn assert_close(what: &str, got: &candle_core::Tensor, want: &candle_core::Tenso
 }
 
 #[test]
-fn every_resize_mode_matches_onnx_runtime_and_survives_save_and_load() {
+fn every_resize_mode_and_slices_match_onnx_runtime_and_survive_save_and_load() {
     let refs = candle_core::safetensors::load(fixture("semantics_refs.safetensors"), &Device::Cpu)
         .unwrap();
     for stem in [
@@ -56,6 +56,8 @@ fn every_resize_mode_matches_onnx_runtime_and_survives_save_and_load() {
         "resize_linear_antialias_sizes",
         "resize_cubic_down_up",
         "resize_nearest_half_pixel_x1_4",
+        "slice_strided",
+        "slice_opset9",
     ] {
         let model = layerlens_onnx::import(fixture(&format!("{stem}.onnx"))).unwrap();
         let x = &refs[&format!("{stem}/x")];

@@ -6,7 +6,7 @@ use crate::ops::{
     Mul, Pool2d, Reshape,
 };
 use crate::ops::{
-    ConvTranspose2d, Crop2d, Elementwise, LayerNorm, PRelu, Pad2d, Permute, Resize, Upsample,
+    ConvTranspose2d, Crop2d, Elementwise, LayerNorm, PRelu, Pad2d, Permute, Resize, Slice, Upsample,
 };
 use crate::shape::Shape;
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,8 @@ pub enum OpT<L> {
     Crop2d(Crop2d),
     /// Spatial resizing with ONNX `Resize` semantics.
     Resize(Resize),
+    /// Strided slicing of per-sample axes.
+    Slice(Slice),
 }
 
 /// An operation in a live graph.
@@ -92,6 +94,7 @@ impl<L> OpT<L> {
             OpT::PRelu(l) => l,
             OpT::Crop2d(l) => l,
             OpT::Resize(l) => l,
+            OpT::Slice(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -120,6 +123,7 @@ impl<L> OpT<L> {
             OpT::PRelu(l) => l,
             OpT::Crop2d(l) => l,
             OpT::Resize(l) => l,
+            OpT::Slice(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -150,6 +154,7 @@ impl<L> OpT<L> {
             OpT::PRelu(l) => OpT::PRelu(l),
             OpT::Crop2d(l) => OpT::Crop2d(l),
             OpT::Resize(l) => OpT::Resize(l),
+            OpT::Slice(l) => OpT::Slice(l),
         })
     }
 }
@@ -184,6 +189,7 @@ impl Op {
             OpT::PRelu(_) => "PRelu".into(),
             OpT::Crop2d(_) => "Crop2d".into(),
             OpT::Resize(r) => format!("Resize({:?})", r.kernel),
+            OpT::Slice(_) => "Slice".into(),
         }
     }
 
@@ -226,5 +232,6 @@ into_op!(
     LayerNorm,
     PRelu,
     Crop2d,
-    Resize
+    Resize,
+    Slice
 );

@@ -19,6 +19,7 @@ pub mod prelu;
 pub mod resample;
 pub mod reshape;
 pub mod resize;
+pub mod slice;
 
 pub use activation::Activation;
 pub use batch_norm::BatchNorm;
@@ -35,6 +36,7 @@ pub use prelu::PRelu;
 pub use resample::{ConvTranspose2d, Pad2d, PadMode, Permute, Upsample, UpsampleMode};
 pub use reshape::{Flatten, Reshape};
 pub use resize::{CoordinateMode, NearestRounding, Resize, ResizeKernel};
+pub use slice::Slice;
 
 use crate::error::Result;
 use crate::params::ParamSpec;

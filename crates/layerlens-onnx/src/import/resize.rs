@@ -94,9 +94,6 @@ impl Importer<'_> {
                 }
                 roi = Some(f);
             }
-            if full.iter().any(|&a| a < 2) {
-                // Checked below through the scales and sizes of those axes.
-            }
         }
 
         // Output sizes and the scales used to map coordinates, per spatial axis.
@@ -265,7 +262,7 @@ impl Importer<'_> {
             }
         };
 
-        if let Some(mode) = fast_path(size, scale, [h, w], kernel, coordinates, antialias) {
+        if let Some(mode) = fast_path(size, scale, [h, w], kernel, coordinates) {
             return self.g.add_as(name, Upsample { size, mode }, &[x]);
         }
         self.g.add_as(
@@ -291,15 +288,14 @@ fn fast_path(
     input: [usize; 2],
     kernel: ResizeKernel,
     coordinates: CoordinateMode,
-    antialias: bool,
 ) -> Option<UpsampleMode> {
     let ratio_is_scale = (0..2).all(|a| size[a] as f64 / input[a] as f64 == scale[a]);
     let enlarging = (0..2).all(|a| size[a] >= input[a]);
     if !ratio_is_scale || !enlarging {
         return None;
     }
-    let _ = antialias; // Antialiasing changes nothing when no axis shrinks.
-    let whole = (0..2).all(|a| size[a] % input[a] == 0);
+    // Antialiasing changes nothing when no axis shrinks.
+    let whole = (0..2).all(|a| size[a].is_multiple_of(input[a]));
     let small = (0..2).all(|a| size[a] / input[a] <= 2);
     use CoordinateMode as C;
     use NearestRounding as R;

@@ -686,29 +686,42 @@ impl Importer<'_> {
                 }
                 let hw = self.spatial(x);
                 let pad = self.padding(n, hw, k, s, [1, 1])?;
-                if Self::int(n, "ceil_mode").unwrap_or(0) == 1 {
-                    // ceil_mode only matters when a partial window remains.
-                    let p = pad.resolve(hw, k, s, [1, 1]);
-                    // A window larger than the padded input is refused by Pool2d below.
-                    let rem = |i: usize, pa: usize, pb: usize, kk: usize, ss: usize| {
-                        i.checked_add(pa)
-                            .and_then(|v| v.checked_add(pb))
-                            .and_then(|v| v.checked_sub(kk))
-                            .is_some_and(|v| !v.is_multiple_of(ss))
-                    };
-                    if rem(hw.0, p[0], p[1], k[0], s[0]) || rem(hw.1, p[2], p[3], k[1], s[1]) {
-                        return Err(self.err(
-                            n,
-                            "ceil_mode=1 with a partial last window is not supported".into(),
-                        ));
-                    }
-                }
                 let kind = if op == "MaxPool" {
                     PoolKind::Max
                 } else {
                     PoolKind::Avg
                 };
                 let include = Self::int(n, "count_include_pad").unwrap_or(0) == 1;
+                let mut pad = pad;
+                if Self::int(n, "ceil_mode").unwrap_or(0) == 1 {
+                    // ceil_mode keeps a partial last window as long as it starts inside
+                    // the input or the leading padding (the ONNX and PyTorch rule). It is
+                    // exactly extra trailing padding, excluded from maxima and from
+                    // averages that do not count padding.
+                    let p = pad.resolve(hw, k, s, [1, 1]);
+                    let extra = |i: usize, lead: usize, trail: usize, kk: usize, ss: usize| {
+                        let span = i + lead + trail;
+                        if span < kk || (span - kk).is_multiple_of(ss) {
+                            return 0; // A window larger than the input is refused by Pool2d.
+                        }
+                        let out = (span - kk) / ss + 2;
+                        if (out - 1) * ss >= i + lead {
+                            0
+                        } else {
+                            (out - 1) * ss + kk - span
+                        }
+                    };
+                    let (eh, ew) = (
+                        extra(hw.0, p[0], p[1], k[0], s[0]),
+                        extra(hw.1, p[2], p[3], k[1], s[1]),
+                    );
+                    if eh + ew > 0 {
+                        if matches!(kind, PoolKind::Avg) && include {
+                            return Err(self.err(n, "ceil_mode=1 with count_include_pad=1 and a partial last window is not supported".into()));
+                        }
+                        pad = Padding::Explicit([p[0], p[1] + eh, p[2], p[3] + ew]);
+                    }
+                }
                 let p = Pool2d {
                     kind,
                     kernel: k,

@@ -46,7 +46,7 @@ fn assert_close(what: &str, got: &candle_core::Tensor, want: &candle_core::Tenso
 }
 
 #[test]
-fn every_resize_mode_and_slices_match_onnx_runtime_and_survive_save_and_load() {
+fn resizes_slices_and_ceil_mode_pools_match_onnx_runtime_and_survive_save_and_load() {
     let refs = candle_core::safetensors::load(fixture("semantics_refs.safetensors"), &Device::Cpu)
         .unwrap();
     for stem in [
@@ -58,6 +58,8 @@ fn every_resize_mode_and_slices_match_onnx_runtime_and_survive_save_and_load() {
         "resize_nearest_half_pixel_x1_4",
         "slice_strided",
         "slice_opset9",
+        "pool_max_ceil",
+        "pool_avg_ceil_pads",
     ] {
         let model = layerlens_onnx::import(fixture(&format!("{stem}.onnx"))).unwrap();
         let x = &refs[&format!("{stem}/x")];

@@ -21,11 +21,18 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("safetensors_input", safetensors_input),
     ("safetensors_weights", safetensors_weights),
     ("onnx_external_data", onnx_external_data),
+    ("keras", keras),
 ];
 
 /// Targets whose regression files are all malformed: each must be refused
 /// with a one-line error (the others may load).
-pub const MUST_REFUSE: &[&str] = &["onnx_import", "pth_state_dict", "npy", "onnx_external_data"];
+pub const MUST_REFUSE: &[&str] = &[
+    "onnx_import",
+    "pth_state_dict",
+    "npy",
+    "onnx_external_data",
+    "keras",
+];
 
 /// `layerlens::onnx::import_bytes`; external data resolves against a
 /// directory that does not exist, so it must fail cleanly.
@@ -144,6 +151,19 @@ pub fn onnx_external_data(data: &[u8]) -> Result<(), String> {
         &model_dir,
         "fuzz.onnx",
         &layerlens::onnx::ImportOptions::default(),
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
+}
+
+/// `layerlens::keras::import_bytes`: a `.keras` zip or a legacy full-model
+/// `.h5`, told apart by content (zip reader, pure-Rust HDF5 reader, Keras
+/// config and weights).
+pub fn keras(data: &[u8]) -> Result<(), String> {
+    layerlens::keras::import_bytes(
+        data,
+        "fuzz.keras",
+        &layerlens::keras::ImportOptions::default(),
     )
     .map(drop)
     .map_err(|e| e.to_string())

@@ -6,10 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=fuzz/corpus
-mkdir -p "$C"/{onnx_import,pth_state_dict,model_json,image,npy,safetensors_input,safetensors_weights,onnx_external_data}
+mkdir -p "$C"/{onnx_import,pth_state_dict,model_json,image,npy,safetensors_input,safetensors_weights,onnx_external_data,keras}
 cp crates/layerlens-onnx/tests/fixtures/*.onnx crates/layerlens/tests/fixtures/resnet18.onnx "$C/onnx_import/"
 cp crates/layerlens/tests/fixtures/pth/*.pth "$C/pth_state_dict/"
-for t in onnx_import pth_state_dict npy onnx_external_data; do cp fuzz/regressions/$t/* "$C/$t/"; done
+# The ONNX backend node tests (scripts/fetch-models.sh unpacks them): one small
+# model per op and attribute combination.
+nodes="${LAYERLENS_CACHE:-$HOME/.cache/layerlens}/assets/onnx-node-tests"
+for d in "$nodes"/*/; do
+    [ -f "$d/model.onnx" ] && cp "$d/model.onnx" "$C/onnx_import/node_$(basename "$d").onnx"
+done
+cp crates/layerlens-keras/tests/fixtures/*.keras crates/layerlens-keras/tests/fixtures/*.h5 "$C/keras/"
+"${LAYERLENS_REF_PYTHON:-$HOME/.cache/layerlens/refenv/bin/python}" fuzz/gen_keras_seeds.py corpus
+for t in onnx_import pth_state_dict npy onnx_external_data keras; do cp fuzz/regressions/$t/* "$C/$t/"; done
 # Valid .npy files and external-data ONNX models (referencing the weights.bin
 # that fuzz/entries.rs writes), written by hand.
 python3 fuzz/gen_seeds.py corpus

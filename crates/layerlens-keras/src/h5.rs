@@ -35,9 +35,18 @@ impl PureH5 {
         if !bytes.starts_with(SIGNATURE) {
             return Err("not an HDF5 file (no HDF5 signature)".into());
         }
-        Hdf5File::from_vec(bytes)
-            .map(|file| PureH5 { file })
-            .map_err(|e| format!("unreadable HDF5 file: {e}"))
+        let len = bytes.len() as u64;
+        let file = Hdf5File::from_vec(bytes).map_err(|e| format!("unreadable HDF5 file: {e}"))?;
+        // A cut-off file can still parse when what was lost is free space or
+        // data read later; the superblock's end-of-file address tells.
+        let sb = file.superblock();
+        let declared = sb.base_address.saturating_add(sb.eof_address);
+        if declared > len {
+            return Err(format!(
+                "truncated HDF5 file: its superblock declares {declared} bytes, the file holds {len}"
+            ));
+        }
+        Ok(PureH5 { file })
     }
 
     fn group(&self, path: &str) -> Result<hdf5_reader::group::Group, String> {

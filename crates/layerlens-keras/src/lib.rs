@@ -38,11 +38,25 @@ pub fn import(path: impl AsRef<Path>) -> Result<Model> {
 /// Imports a Keras model file with options (Lambda bindings).
 pub fn import_with(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Model> {
     let path = path.as_ref();
-    let src = source::read(path).map_err(|m| format_err(path, m))?;
+    build_named(source::read(path), path, opts)
+}
+
+fn build_named(
+    src: std::result::Result<source::Source, String>,
+    path: &Path,
+    opts: &ImportOptions,
+) -> Result<Model> {
+    let src = src.map_err(|m| format_err(path, m))?;
     import::build(&src, opts).map_err(|e| match e {
         Error::Format { .. } => e,
         other => format_err(path, other.to_string()),
     })
+}
+
+/// Imports a `.keras` zip or a legacy full-model `.h5` held in memory; `name`
+/// is the file name errors mention. Detected by content, like [`import`].
+pub fn import_bytes(bytes: &[u8], name: &str, opts: &ImportOptions) -> Result<Model> {
+    build_named(source::read_bytes(bytes.to_vec()), Path::new(name), opts)
 }
 
 /// Imports a model from its Keras config (`config.json` of a `.keras`, or

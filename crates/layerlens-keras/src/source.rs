@@ -64,14 +64,22 @@ pub fn detect(path: &Path) -> Option<KerasFormat> {
     None
 }
 
-fn member(z: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Option<Vec<u8>>, String> {
+fn member<R: Read + std::io::Seek>(
+    z: &mut zip::ZipArchive<R>,
+    name: &str,
+) -> Result<Option<Vec<u8>>, String> {
     let mut f = match z.by_name(name) {
         Ok(f) => f,
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
         Err(e) => return Err(format!("zip member '{name}': {e}")),
     };
+    // Never more than the member declares: the buffer grows with the data
+    // actually inflated, so a lying header cannot make it allocate ahead.
+    let declared = f.size();
     let mut v = Vec::new();
-    f.read_to_end(&mut v)
+    (&mut f)
+        .take(declared)
+        .read_to_end(&mut v)
         .map_err(|e| format!("zip member '{name}' is unreadable (truncated?): {e}"))?;
     Ok(Some(v))
 }
@@ -108,9 +116,13 @@ pub(crate) fn read(path: &Path) -> Result<Source, String> {
             weights: keras3_weights(&h5)?,
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    read_bytes(std::fs::read(path).map_err(|e| e.to_string())?)
+}
+
+/// Reads a `.keras` zip or a legacy full-model `.h5` from its bytes.
+pub(crate) fn read_bytes(bytes: Vec<u8>) -> Result<Source, String> {
     if bytes.starts_with(b"PK\x03\x04") {
-        let mut z = zip::ZipArchive::new(std::fs::File::open(path).map_err(|e| e.to_string())?)
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes.as_slice()))
             .map_err(|e| format!("not a readable .keras zip (truncated or corrupt?): {e}"))?;
         if z.file_names()
             .any(|n| n.is_ok_and(|n| n == "model.weights.npz"))
@@ -136,7 +148,7 @@ pub(crate) fn read(path: &Path) -> Result<Source, String> {
     if bytes.starts_with(SIGNATURE) {
         let h5 = PureH5::from_bytes(bytes)?;
         let Some(cfg) = h5.attr_string("", "model_config")? else {
-            return Err("an HDF5 file of weights only (no model_config): load it into a model (layerlens_keras::load_weights) or import it with its config".into());
+            return Err("an HDF5 file of weights only (no model_config): import it with its config (layerlens_keras::import_config_and_weights)".into());
         };
         let config = parse_json(cfg.as_bytes(), "model_config")?;
         let keras_version = h5.attr_string("", "keras_version")?;

@@ -15,7 +15,7 @@ use layerlens_core::ops::{
 };
 use layerlens_core::{Error, Model, Result, Shape};
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// Ops the importer maps onto layerlens nodes (besides the folded shape arithmetic).
@@ -94,6 +94,94 @@ struct Importer<'a> {
     g: Functional,
     values: HashMap<String, Value>,
     weights: Vec<(String, Tensor)>,
+    /// The batch size the graph inputs fix in the file (torch's dynamo
+    /// exporter writes a static 1): a reshape target starting with it keeps
+    /// the batch axis.
+    static_batch: Option<i64>,
+    /// The file comes from `torch.onnx`, whose node names carry module paths.
+    torch_names: bool,
+    /// PyTorch module paths the nodes name ([`torch_module_scopes`]):
+    /// reserved for [`Importer::module_aliases`].
+    module_paths: HashSet<String>,
+    /// Module paths that may name more than one module: TorchScript names
+    /// the second call of `relu` `relu_1`, so `relu` would be its first call
+    /// (a forward hook sees the last) unless `relu_1` is a module of its own.
+    ambiguous_modules: HashSet<String>,
+    /// Each module path with the last activation node inside it so far.
+    module_outputs: Vec<(String, NodeRef)>,
+}
+
+/// The PyTorch module paths a node belongs to, outermost first. The dynamo
+/// exporter writes them in the `pkg.torch.onnx.name_scopes` metadata (a list
+/// whose first entry is the root module `''` and whose last is the FX node's
+/// own name); the TorchScript exporter (`torch_names`: producer "pytorch")
+/// in the node name, `/features/features.17/conv/conv.0/Conv`, each scope a
+/// child of the one before or an index of it.
+fn torch_module_scopes(n: &NodeProto, torch_names: bool) -> Vec<String> {
+    let items: Vec<String> = if let Some(p) = n
+        .metadata_props
+        .iter()
+        .find(|p| p.key == "pkg.torch.onnx.name_scopes")
+    {
+        let all: Vec<&str> = p
+            .value
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"'))
+            .collect();
+        if all.len() < 3 {
+            return Vec::new();
+        }
+        all[1..all.len() - 1]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else if torch_names && n.name.starts_with('/') {
+        // A scope extends the one before either as a child (`conv1` under
+        // `layer1.0`) or as an index of it (`conv.0` under `conv`, written
+        // with the earlier scope's own name).
+        let parts: Vec<&str> = n.name[1..].split('/').collect();
+        let mut qualified: Vec<String> = Vec::new();
+        let mut local = "";
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            let q = match qualified.last() {
+                None => part.to_string(),
+                Some(prev) => match part.strip_prefix(local).filter(|r| r.starts_with('.')) {
+                    Some(index) if !local.is_empty() => format!("{prev}{index}"),
+                    _ => format!("{prev}.{part}"),
+                },
+            };
+            qualified.push(q);
+            local = part;
+        }
+        // Constant folding merges a BatchNorm into the Conv before it and
+        // names the result after the Conv: the node then computes the BN's
+        // output, not the Conv module's. A folded weight gets a new name
+        // (`onnx::Conv_193`), so the Conv's own scope is kept only when its
+        // weight is still the module's parameter.
+        let weighted = matches!(
+            n.op_type.as_str(),
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul"
+        );
+        if weighted {
+            let own = qualified
+                .last()
+                .is_some_and(|q| n.input.get(1) == Some(&format!("{q}.weight")));
+            if !own {
+                qualified.pop();
+            }
+        }
+        qualified
+    } else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| sanitize(s))
+        .collect()
 }
 
 fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
@@ -147,7 +235,31 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
         g: Functional::new(&name),
         values: HashMap::new(),
         weights: Vec::new(),
+        static_batch: None,
+        torch_names: model.producer_name == "pytorch",
+        module_paths: HashSet::new(),
+        ambiguous_modules: HashSet::new(),
+        module_outputs: Vec::new(),
     };
+    im.module_paths = graph
+        .node
+        .iter()
+        .flat_map(|n| torch_module_scopes(n, im.torch_names))
+        .collect();
+    // `P.relu_1` without parameters of its own is the second call of `P.relu`.
+    im.ambiguous_modules = im
+        .module_paths
+        .iter()
+        .filter_map(|p| {
+            let (base, k) = p.rsplit_once('_')?;
+            let call = !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit());
+            let own_params = graph
+                .initializer
+                .iter()
+                .any(|t| t.name.starts_with(&format!("{p}.")));
+            (call && !own_params && im.module_paths.contains(base)).then(|| base.to_string())
+        })
+        .collect();
     for t in &graph.initializer {
         let c = decode(t, base).map_err(|m| bad(format!("initializer '{}': {m}", t.name)))?;
         im.values.insert(t.name.clone(), Value::Const(c));
@@ -170,6 +282,9 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
                     .collect()
             })
             .unwrap_or_default();
+        if let Some(Some(b)) = dims.first() {
+            im.static_batch = Some(*b as i64);
+        }
         let per_sample = match opts.input_shapes.get(&vi.name) {
             Some(s) => s.clone(),
             None => dims
@@ -213,6 +328,7 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
             }
         }
     }
+    im.module_aliases()?;
     let Importer { g, weights, .. } = im;
     let model = g.build(&outputs)?;
     for (k, t) in weights {
@@ -326,8 +442,34 @@ impl Importer<'_> {
         for o in &n.output {
             self.values.insert(o.clone(), Value::Node(r));
             let alias = sanitize(o);
-            if alias != node_name && self.g.get(&alias).is_err() {
+            if alias != node_name
+                && !self.module_paths.contains(&alias)
+                && self.g.get(&alias).is_err()
+            {
                 self.g.alias(&alias, r)?;
+            }
+        }
+        for scope in torch_module_scopes(n, self.torch_names) {
+            self.module_outputs.push((scope, r));
+        }
+        Ok(())
+    }
+
+    /// Names each PyTorch module path (`layer2`, `layer2.0.conv1`) after the
+    /// last node computed inside it, which is the module's output, as a
+    /// forward hook on that module sees it (for a module called twice, its
+    /// last call). The module's own name wins over an FX tensor name.
+    fn module_aliases(&mut self) -> Result<()> {
+        let mut last: HashMap<String, NodeRef> = HashMap::new();
+        let mut order = Vec::new();
+        for (scope, r) in std::mem::take(&mut self.module_outputs) {
+            if last.insert(scope.clone(), r).is_none() {
+                order.push(scope);
+            }
+        }
+        for scope in order {
+            if !self.ambiguous_modules.contains(&scope) && self.g.get(&scope).is_err() {
+                self.g.alias(&scope, last[&scope])?;
             }
         }
         Ok(())
@@ -541,7 +683,7 @@ impl Importer<'_> {
             } else {
                 &n.name
             });
-            if self.g.get(&name).is_err() {
+            if !self.module_paths.contains(&name) && self.g.get(&name).is_err() {
                 self.g.alias(&name, r)?;
             }
             return self.finish(n, r);
@@ -1094,7 +1236,7 @@ impl Importer<'_> {
         if target.is_empty() {
             return Err(self.err(n, "empty reshape target".into()));
         }
-        let first_ok = matches!(target[0], BATCH | 0 | -1);
+        let first_ok = matches!(target[0], BATCH | 0 | -1) || Some(target[0]) == self.static_batch;
         let rest_has_infer = target[1..].contains(&-1);
         if !first_ok || (target[0] == -1 && rest_has_infer) {
             return Err(self.err(

@@ -59,11 +59,191 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Upsample",
 ];
 
-/// Import settings.
+/// Import settings: what fixes the symbolic dimensions of the graph inputs.
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// Per-sample shapes for inputs whose non-batch dims are symbolic in the file.
+    /// Per-sample shapes (without the batch axis) by graph input name; the
+    /// name `""` stands for the only input of a one-input model. Dimensions
+    /// the file fixes must agree.
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// Values of symbolic dimensions by their ONNX `dim_param` name
+    /// (`height` = 320), for every input that uses the name.
+    pub dims: HashMap<String, usize>,
+}
+
+/// One dimension of a graph input as the file declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputDim {
+    /// A fixed size.
+    Fixed(usize),
+    /// A symbolic size with its `dim_param` name.
+    Named(String),
+    /// A size the file leaves open without a name.
+    Unknown,
+}
+
+impl std::fmt::Display for InputDim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputDim::Fixed(n) => write!(f, "{n}"),
+            InputDim::Named(s) => f.write_str(s),
+            InputDim::Unknown => f.write_str("?"),
+        }
+    }
+}
+
+/// A graph input (not an initializer) and its declared dimensions, batch first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphInput {
+    /// The input's name in the file.
+    pub name: String,
+    /// Its dimensions as declared, the batch axis first.
+    pub dims: Vec<InputDim>,
+}
+
+impl GraphInput {
+    /// Whether a non-batch dimension is left open by the file.
+    pub fn is_symbolic(&self) -> bool {
+        self.dims
+            .iter()
+            .skip(1)
+            .any(|d| !matches!(d, InputDim::Fixed(_)))
+    }
+
+    /// `(N, 3, height, width)`.
+    pub fn dims_string(&self) -> String {
+        let d: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
+        format!("({})", d.join(", "))
+    }
+}
+
+fn declared_dims(vi: &crate::proto::ValueInfoProto) -> Vec<InputDim> {
+    vi.r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match (d.dim_value, d.dim_param.as_deref()) {
+                    (Some(v), _) if v > 0 => InputDim::Fixed(v as usize),
+                    (_, Some(p)) if !p.is_empty() => InputDim::Named(p.to_string()),
+                    _ => InputDim::Unknown,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The graph inputs of an ONNX file (initializers excluded) with their
+/// declared dimensions, without importing it: what `summary` shows for a
+/// model whose sizes come from the input.
+pub fn graph_inputs(path: impl AsRef<Path>) -> Result<Vec<GraphInput>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| Error::Format {
+        path: path.display().to_string(),
+        message: format!("not an ONNX model (protobuf decoding failed: {e})"),
+    })?;
+    let Some(graph) = model.graph else {
+        return Ok(Vec::new());
+    };
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    Ok(graph
+        .input
+        .iter()
+        .filter(|vi| !inits.contains(vi.name.as_str()))
+        .map(|vi| GraphInput {
+            name: vi.name.clone(),
+            dims: declared_dims(vi),
+        })
+        .collect())
+}
+
+/// The per-sample shape of `input` from the file and the options, or a
+/// message naming what is unresolved and how to give it.
+fn resolve_input(
+    input: &GraphInput,
+    only: bool,
+    opts: &ImportOptions,
+) -> std::result::Result<Vec<usize>, String> {
+    let declared = &input.dims;
+    let given = opts
+        .input_shapes
+        .get(&input.name)
+        .or_else(|| opts.input_shapes.get("").filter(|_| only));
+    if let Some(shape) = given {
+        if !declared.is_empty() && shape.len() + 1 != declared.len() {
+            return Err(format!(
+                "input '{}' is declared {} ({} dims after the batch), but its shape is given as {:?}",
+                input.name,
+                input.dims_string(),
+                declared.len().saturating_sub(1),
+                shape
+            ));
+        }
+        for (i, (d, &v)) in declared.iter().skip(1).zip(shape).enumerate() {
+            if matches!(d, InputDim::Fixed(f) if *f != v) || v == 0 {
+                return Err(format!(
+                    "input '{}' is declared {}: dim {} cannot be {v}",
+                    input.name,
+                    input.dims_string(),
+                    i + 1
+                ));
+            }
+        }
+        return Ok(shape.clone());
+    }
+    let mut open = Vec::new();
+    let shape: Vec<usize> = declared
+        .iter()
+        .skip(1)
+        .map(|d| match d {
+            InputDim::Fixed(v) => *v,
+            InputDim::Named(p) => match opts.dims.get(p) {
+                Some(&v) if v > 0 => v,
+                _ => {
+                    open.push(p.clone());
+                    0
+                }
+            },
+            InputDim::Unknown => {
+                open.push("?".into());
+                0
+            }
+        })
+        .collect();
+    if open.is_empty() {
+        return Ok(shape);
+    }
+    let named: Vec<&String> = open.iter().filter(|p| *p != "?").collect();
+    let per_dim = if named.len() == open.len() {
+        let d: Vec<String> = named.iter().map(|p| format!("--dim {p}=V")).collect();
+        format!(" or {}", d.join(" "))
+    } else {
+        String::new()
+    };
+    let example: Vec<String> = declared
+        .iter()
+        .skip(1)
+        .map(|d| match d {
+            InputDim::Fixed(v) => v.to_string(),
+            InputDim::Named(p) => p.to_uppercase(),
+            InputDim::Unknown => "D".into(),
+        })
+        .collect();
+    Err(format!(
+        "input '{}' has symbolic dimensions {} ({} unresolved): give its shape with --input-shape {}={}{per_dim} \
+         (ImportOptions::input_shapes / dims), or an input tensor of that shape",
+        input.name,
+        input.dims_string(),
+        open.join(", "),
+        input.name,
+        example.join(","),
+    ))
 }
 
 /// Imports an ONNX file.
@@ -269,30 +449,32 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
         .iter()
         .filter(|vi| !im.values.contains_key(&vi.name))
         .collect();
+    let only = real_inputs.len() == 1;
+    if opts.input_shapes.contains_key("") && !only {
+        let names: Vec<&str> = real_inputs.iter().map(|vi| vi.name.as_str()).collect();
+        return Err(bad(format!(
+            "an input shape without a name needs a one-input model; this one has {}: give NAME=C,H,W",
+            names.join(", ")
+        )));
+    }
+    for name in opts.input_shapes.keys().filter(|k| !k.is_empty()) {
+        if !real_inputs.iter().any(|vi| &vi.name == name) {
+            let names: Vec<&str> = real_inputs.iter().map(|vi| vi.name.as_str()).collect();
+            return Err(bad(format!(
+                "a shape is given for input '{name}', which the model does not have; its inputs: '{}'",
+                names.join("', '")
+            )));
+        }
+    }
     for vi in real_inputs {
-        let dims: Vec<Option<usize>> = vi
-            .r#type
-            .as_ref()
-            .and_then(|t| t.tensor_type.as_ref())
-            .and_then(|t| t.shape.as_ref())
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| d.dim_value.filter(|&v| v > 0).map(|v| v as usize))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(Some(b)) = dims.first() {
+        let input = GraphInput {
+            name: vi.name.clone(),
+            dims: declared_dims(vi),
+        };
+        if let Some(InputDim::Fixed(b)) = input.dims.first() {
             im.static_batch = Some(*b as i64);
         }
-        let per_sample = match opts.input_shapes.get(&vi.name) {
-            Some(s) => s.clone(),
-            None => dims
-                .iter()
-                .skip(1)
-                .map(|d| d.ok_or_else(|| bad(format!("input '{}' has a symbolic non-batch dimension {dims:?}: give its shape in ImportOptions::input_shapes", vi.name))))
-                .collect::<Result<Vec<_>>>()?,
-        };
+        let per_sample = resolve_input(&input, only, opts).map_err(bad)?;
         let r =
             im.g.input(&sanitize(&vi.name), per_sample)
                 .map_err(|e| bad(format!("input '{}': {e}", vi.name)))?;

@@ -22,7 +22,10 @@ mod import;
 pub mod proto;
 mod tensor;
 
-pub use import::{import, import_bytes, import_with, ImportOptions, SUPPORTED_OPS};
+pub use import::{
+    graph_inputs, import, import_bytes, import_with, GraphInput, ImportOptions, InputDim,
+    SUPPORTED_OPS,
+};
 /// prost's decoding trait, to read [`proto`] messages directly.
 pub use prost::Message;
 pub use tensor::tensor_from_proto;

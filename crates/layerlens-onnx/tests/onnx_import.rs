@@ -160,6 +160,7 @@ fn malformed_nodes_are_errors_not_panics() {
         };
         let opts = layerlens_onnx::ImportOptions {
             input_shapes: [("x".to_string(), vec![3, 4, 4])].into(),
+            ..Default::default()
         };
         let e = layerlens_onnx::import_bytes(
             &model.encode_to_vec(),

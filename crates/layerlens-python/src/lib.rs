@@ -354,11 +354,39 @@ impl Model {
 #[pymethods]
 impl Model {
     /// Opens a model: an `.onnx` file, a directory written by `save`, or
-    /// `zoo:NAME[=WEIGHTS]` (the CLI's MODEL argument).
+    /// `zoo:NAME[=WEIGHTS]` (the CLI's MODEL argument). For an ONNX file whose
+    /// input sizes are symbolic, `input_shape` gives the per-sample shape
+    /// (`(3, 640, 640)`, or `{"images": (3, 640, 640)}` for several inputs)
+    /// and `dims` sizes by ONNX name (`{"height": 640}`), like the CLI's
+    /// `--input-shape` and `--dim`.
     #[staticmethod]
-    #[pyo3(signature = (spec, *, threads=None))]
-    fn load(py: Python<'_>, spec: &str, threads: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (spec, *, threads=None, input_shape=None, dims=None))]
+    fn load(
+        py: Python<'_>,
+        spec: &str,
+        threads: Option<usize>,
+        input_shape: Option<&Bound<'_, PyAny>>,
+        dims: Option<std::collections::HashMap<String, usize>>,
+    ) -> PyResult<Self> {
         let threads = thread_count(threads)?;
+        let mut shapes = spec::ShapeOptions::default();
+        if let Some(s) = input_shape {
+            if let Ok(d) = s.cast::<PyDict>() {
+                for (k, v) in d.iter() {
+                    shapes.input_shapes.insert(k.extract()?, v.extract()?);
+                }
+            } else {
+                let shape: Vec<usize> = s.extract().map_err(|_| {
+                    PyTypeError::new_err(
+                        "input_shape: a tuple of sizes (C, H, W) or a dict of them by input name",
+                    )
+                })?;
+                shapes.input_shapes.insert(String::new(), shape);
+            }
+        }
+        if let Some(d) = dims {
+            shapes.dims = d;
+        }
         if let Some(w) = spec::random_weights_warning(spec) {
             PyErr::warn(
                 py,
@@ -368,7 +396,9 @@ impl Model {
             )?;
         }
         let spec_owned = spec.to_string();
-        let model = py.detach(|| spec::open_model(&spec_owned)).map_err(to_py)?;
+        let model = py
+            .detach(|| spec::open_model_with(&spec_owned, &shapes))
+            .map_err(to_py)?;
         Ok(Model::wrap(model, Some(spec.to_string()), threads))
     }
 

@@ -279,3 +279,20 @@ def test_zoo_models_without_their_weights_warn():
         warnings.simplefilter("error")
         layerlens.Model.load("zoo:resnet18=random")
         layerlens.Model.load("zoo:seed_cnn")
+
+
+def test_symbolic_onnx_sizes_are_given_like_the_cli():
+    from conftest import ROOT
+
+    path = str(ROOT / "crates/layerlens-onnx/tests/fixtures/dynamic_hw.onnx")
+    with pytest.raises(ValueError, match=r"height, width unresolved.*--input-shape"):
+        layerlens.Model.load(path)
+    for kwargs in ({"input_shape": (3, 24, 12)}, {"input_shape": {"x": (3, 24, 12)}},
+                   {"dims": {"height": 24, "width": 12}}):
+        m = layerlens.Model.load(path, **kwargs)
+        assert m.inputs == [("x", (None, 3, 24, 12))], kwargs
+        assert m.outputs == [("up", (None, 2, 24, 12))], kwargs
+    with pytest.raises(ValueError, match="dim 1 cannot be 4"):
+        layerlens.Model.load(path, input_shape=(4, 24, 12))
+    with pytest.raises(TypeError, match="input_shape"):
+        layerlens.Model.load(path, input_shape="3,24,12")

@@ -50,6 +50,84 @@ const MODEL_FORMS: &str =
 /// without a [`random_weights_warning`]), an `.onnx` file, or a directory
 /// written by [`Model::save`].
 pub fn open_model(spec: &str) -> Result<Model> {
+    open_model_with(spec, &ShapeOptions::default())
+}
+
+/// What fixes the sizes an ONNX file leaves symbolic (`--input-shape`,
+/// `--dim`; `input_shape=`, `dims=` in Python).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShapeOptions {
+    /// Per-sample shapes by graph input name (`""`: the only input).
+    pub input_shapes: std::collections::HashMap<String, Vec<usize>>,
+    /// Symbolic dimension values by `dim_param` name.
+    pub dims: std::collections::HashMap<String, usize>,
+}
+
+impl ShapeOptions {
+    /// No shape given.
+    pub fn is_empty(&self) -> bool {
+        self.input_shapes.is_empty() && self.dims.is_empty()
+    }
+
+    /// Parses `--input-shape` values (`[NAME=]C,H,W`) and `--dim` values
+    /// (`NAME=V`).
+    pub fn parse(input_shapes: &[String], dims: &[String]) -> Result<Self> {
+        let mut o = ShapeOptions::default();
+        for spec in input_shapes {
+            let (name, shape) = match spec.rsplit_once('=') {
+                Some((n, s)) => (n.trim().to_string(), s),
+                None => (String::new(), spec.as_str()),
+            };
+            let shape = shape
+                .split(',')
+                .map(|d| d.trim().parse::<usize>().ok().filter(|&v| v > 0))
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "input-shape",
+                        format!("'{spec}' is not [NAME=]C,H,W (positive sizes, without the batch)"),
+                    )
+                })?;
+            if o.input_shapes.insert(name, shape).is_some() {
+                return Err(Error::invalid(
+                    "input-shape",
+                    format!("'{spec}' gives an input twice"),
+                ));
+            }
+        }
+        for spec in dims {
+            let parsed = spec
+                .split_once('=')
+                .and_then(|(n, v)| {
+                    Some((n.trim(), v.trim().parse::<usize>().ok().filter(|&v| v > 0)?))
+                })
+                .filter(|(n, _)| !n.is_empty());
+            let Some((name, v)) = parsed else {
+                return Err(Error::invalid("dim", format!("'{spec}' is not NAME=SIZE")));
+            };
+            o.dims.insert(name.to_string(), v);
+        }
+        Ok(o)
+    }
+}
+
+/// [`open_model`], with the sizes of an ONNX file's symbolic input
+/// dimensions; other models have fixed input shapes and refuse them.
+pub fn open_model_with(spec: &str, shapes: &ShapeOptions) -> Result<Model> {
+    let path = Path::new(spec);
+    if path.extension().is_some_and(|e| e == "onnx") {
+        let opts = crate::onnx::ImportOptions {
+            input_shapes: shapes.input_shapes.clone(),
+            dims: shapes.dims.clone(),
+        };
+        return crate::onnx::import_with(path, &opts);
+    }
+    if !shapes.is_empty() {
+        return Err(Error::invalid(
+            "input-shape",
+            format!("{spec} has fixed input shapes; --input-shape and --dim are for ONNX files with symbolic dimensions"),
+        ));
+    }
     if let Some(rest) = spec.strip_prefix("zoo:") {
         let (name, weights) = match rest.split_once('=') {
             Some((n, w)) => (n, Some(w)),
@@ -73,10 +151,6 @@ pub fn open_model(spec: &str) -> Result<Model> {
             crate::weights::load_weights(&model, w)?;
         }
         return Ok(model);
-    }
-    let path = Path::new(spec);
-    if path.extension().is_some_and(|e| e == "onnx") {
-        return crate::onnx::import(path);
     }
     // Keras files are recognised by content (zip with config.json, HDF5), not name.
     match crate::keras::detect(path) {
@@ -197,6 +271,42 @@ pub fn extraction_model(
         outs.push(applied);
     }
     Ok((g.build(&outs)?, names))
+}
+
+/// [`open_model_with`] for a run over `inputs`: an ONNX file whose input
+/// sizes are symbolic and not given in `shapes` takes them from the first
+/// input when that is a tensor (`.npy`, `.safetensors`), as it is.
+pub fn open_model_for_inputs(
+    spec: &str,
+    shapes: &ShapeOptions,
+    inputs: &[String],
+) -> Result<Model> {
+    let is_onnx = Path::new(spec).extension().is_some_and(|e| e == "onnx");
+    let first_tensor = inputs.first().filter(|i| {
+        matches!(
+            Path::new(i).extension().and_then(|e| e.to_str()),
+            Some("npy" | "safetensors")
+        )
+    });
+    if let (true, true, Some(first)) = (is_onnx, shapes.is_empty(), first_tensor) {
+        let graph_inputs = crate::onnx::graph_inputs(spec)?;
+        if let [only] = graph_inputs.as_slice() {
+            if only.is_symbolic() {
+                let path = Path::new(first.as_str());
+                let t = if first.ends_with(".npy") {
+                    crate::npy::read_npy(path)?
+                } else {
+                    crate::extract::read_safetensors_input(path)?
+                };
+                let mut from_input = ShapeOptions::default();
+                from_input
+                    .input_shapes
+                    .insert(String::new(), t.dims()[1.min(t.rank())..].to_vec());
+                return open_model_with(spec, &from_input);
+            }
+        }
+    }
+    open_model_with(spec, shapes)
 }
 
 /// A tensor input (`.npy`, `.safetensors`: its first tensor by name), one

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
+    #[command(flatten)]
+    shapes: super::ShapeArgs,
     /// An image (png, jpg).
     #[arg(long)]
     input: String,
@@ -36,7 +38,7 @@ pub struct Args {
 /// Computes the map and writes the overlay.
 pub fn run(a: &Args) -> Result<()> {
     use layerlens::viz::cam::{cam, overlay, CamMethod, CamOptions};
-    let model = super::open_model(&a.model)?;
+    let model = super::open_model(&a.model, &a.shapes, std::slice::from_ref(&a.input))?;
     let (x, picture) =
         layerlens::spec::load_picture(Path::new(&a.input), &model, super::preset(&a.preprocess)?)?;
     let parsed = CamMethod::parse(&a.method)?;

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     pub model: String,
+    #[command(flatten)]
+    pub shapes: super::ShapeArgs,
     /// An image (png, jpg), or a .npy / .safetensors tensor (its first sample); repeat for several.
     #[arg(long, required = true)]
     pub input: Vec<String>,
@@ -45,7 +47,7 @@ pub struct Args {
 
 /// Opens the model and inputs as an explorer session.
 fn session(a: &Args) -> Result<Session> {
-    let model = super::open_model(&a.model)?;
+    let model = super::open_model(&a.model, &a.shapes, &a.input)?;
     let preprocess = a
         .preprocess
         .as_deref()

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
+    #[command(flatten)]
+    shapes: super::ShapeArgs,
     /// Inputs: images (png, jpg), directories of images (recursive), .npy or
     /// .safetensors float32 NCHW tensors used as they are (the first tensor of a
     /// safetensors file), or embedded:fashion-mnist-test / embedded:fashion-mnist-train.
@@ -80,7 +82,7 @@ pub fn run(a: &Args) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let format = a.format.as_deref().map(OutputFormat::parse).transpose()?;
-    let model = super::open_model(&a.model)?;
+    let model = super::open_model(&a.model, &a.shapes, &a.input)?;
     let apply = a.apply.as_deref().map(Apply::parse).transpose()?;
     let (xmodel, names) = extraction_model(&model, &parse_layers(&a.layers)?, apply)?;
     match OutputFormat::from_path(&a.out) {

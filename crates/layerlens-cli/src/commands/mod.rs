@@ -32,13 +32,32 @@ fn keep_freed_memory_for_reuse() {
     }
 }
 
+/// The sizes of an ONNX model's symbolic input dimensions.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ShapeArgs {
+    /// Per-sample shape of a graph input whose sizes the ONNX file leaves
+    /// symbolic, without the batch: [NAME=]C,H,W (NAME only for models with
+    /// several inputs); images are resized to it. Default: the shape of a
+    /// .npy / .safetensors input. Repeat for several inputs.
+    #[arg(long, value_name = "[NAME=]C,H,W")]
+    pub input_shape: Vec<String>,
+    /// The size of one symbolic dimension by its ONNX name (height=320);
+    /// repeatable.
+    #[arg(long, value_name = "NAME=SIZE")]
+    pub dim: Vec<String>,
+}
+
 /// Opens MODEL, warning on stderr when it runs on random weights that look
-/// like a pretrained model's (`zoo:resnet18` without `=WEIGHTS`).
-fn open_model(spec: &str) -> Result<Model> {
+/// like a pretrained model's (`zoo:resnet18` without `=WEIGHTS`); an ONNX
+/// file's symbolic sizes come from `shapes`, else from the first tensor input.
+fn open_model(spec: &str, shapes: &ShapeArgs, inputs: &[String]) -> Result<Model> {
     if let Some(w) = layerlens::spec::random_weights_warning(spec) {
         eprintln!("warning: {w}");
     }
-    Ok(layerlens::spec::open_model(spec)?)
+    let shapes = layerlens::spec::ShapeOptions::parse(&shapes.input_shape, &shapes.dim)?;
+    Ok(layerlens::spec::open_model_for_inputs(
+        spec, &shapes, inputs,
+    )?)
 }
 
 /// `--preprocess` parsed.

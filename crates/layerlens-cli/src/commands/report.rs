@@ -13,6 +13,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
+    #[command(flatten)]
+    shapes: super::ShapeArgs,
     /// An image (png, jpg), or a .npy / .safetensors tensor; repeat for several.
     #[arg(long, required = true)]
     input: Vec<String>,
@@ -37,6 +39,7 @@ pub struct Args {
 pub fn run(a: &Args) -> Result<()> {
     super::explore::run(&super::explore::Args {
         model: a.model.clone(),
+        shapes: a.shapes.clone(),
         input: a.input.clone(),
         preprocess: a.preprocess.clone(),
         labels: a.labels.clone(),

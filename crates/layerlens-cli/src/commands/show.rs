@@ -10,6 +10,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
+    #[command(flatten)]
+    shapes: super::ShapeArgs,
     /// An image (png, jpg), or a .npy / .safetensors tensor.
     #[arg(long)]
     input: String,
@@ -37,7 +39,7 @@ pub struct Args {
 pub fn run(a: &Args) -> Result<()> {
     use layerlens::viz::grid::{feature_grid, save_png, GridOptions, Select};
     use layerlens::viz::{Colormap, Norm};
-    let model = super::open_model(&a.model)?;
+    let model = super::open_model(&a.model, &a.shapes, std::slice::from_ref(&a.input))?;
     let x = super::input_tensor(&a.input, &model, &a.preprocess)?;
     let id = model.graph().find(&a.layer)?;
     let node = model.graph().node(id);

@@ -50,6 +50,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Shape",
     "Gather",
     "Slice",
+    "Split",
     "Cast",
     "Constant",
     "ConvTranspose",
@@ -858,6 +859,9 @@ impl Importer<'_> {
                 None => return Err(self.err(n, "Cast without a 'to' attribute".into())),
             }
         }
+        if op == "Split" {
+            return self.split(n);
+        }
         if matches!(op, "Identity" | "Dropout" | "Cast") {
             let r = self.node_input(n, 0)?;
             let name = sanitize(if n.name.is_empty() {
@@ -1353,6 +1357,85 @@ impl Importer<'_> {
             }
         };
         self.finish(n, r)
+    }
+
+    /// `Split` of an activation along a non-batch axis: one Slice node per
+    /// output, named after the output tensor. Sizes from the `split` input
+    /// (attribute before opset 13), else `num_outputs` (opset 18: chunks of
+    /// ceil(len / n), the last smaller), else equal parts of the outputs' count.
+    fn split(&mut self, n: &NodeProto) -> Result<()> {
+        let x = self.node_input(n, 0)?;
+        let shape = self.g.shape(x).clone();
+        let rank = shape.rank() as i64 + 1;
+        let axis = Self::int(n, "axis").unwrap_or(0);
+        let a = if axis < 0 { axis + rank } else { axis };
+        if !(0..rank).contains(&a) {
+            return Err(self.err(n, format!("axis {axis} is out of range for rank {rank}")));
+        }
+        if a == 0 {
+            return Err(self.err(n, "Split of the batch axis is not supported".into()));
+        }
+        let len = shape.dims()[(a - 1) as usize];
+        let outputs = n.output.len();
+        let given = if self.opset < 13 {
+            Self::ints(n, "split").filter(|v| !v.is_empty())
+        } else {
+            self.opt_constant(n, 1)?.map(|c| c.ints())
+        };
+        let sizes: Vec<usize> = match (given, Self::int(n, "num_outputs")) {
+            (Some(v), _) => {
+                if v.len() != outputs || v.iter().any(|&s| s < 0) {
+                    return Err(self.err(n, format!("split {v:?} does not give one non-negative size per output ({outputs})")));
+                }
+                v.iter().map(|&s| s as usize).collect()
+            }
+            (None, Some(k)) if self.opset >= 18 => {
+                if k < 1 || k as usize != outputs {
+                    return Err(self.err(n, format!("num_outputs {k} but {outputs} outputs")));
+                }
+                let chunk = len.div_ceil(outputs);
+                (0..outputs)
+                    .map(|i| chunk.min(len.saturating_sub(i * chunk)))
+                    .collect()
+            }
+            (None, _) => {
+                if outputs == 0 || !len.is_multiple_of(outputs) {
+                    return Err(self.err(
+                        n,
+                        format!("an axis of {len} does not split into {outputs} equal parts"),
+                    ));
+                }
+                vec![len / outputs; outputs]
+            }
+        };
+        if sizes.iter().sum::<usize>() != len || sizes.contains(&0) {
+            return Err(self.err(
+                n,
+                format!(
+                    "split sizes {sizes:?} must be positive and add up to the axis length {len}"
+                ),
+            ));
+        }
+        let mut start = 0;
+        for (out, size) in n.output.iter().zip(sizes) {
+            let base = sanitize(out);
+            let mut name = base.clone();
+            let mut k = 1;
+            while self.g.get(&name).is_ok() {
+                name = format!("{base}_{k}");
+                k += 1;
+            }
+            let slice = Slice {
+                axes: vec![(a - 1) as usize],
+                starts: vec![start as i64],
+                ends: vec![(start + size) as i64],
+                steps: vec![1],
+            };
+            let r = self.g.add_as(&name, slice, &[x])?;
+            self.values.insert(out.clone(), Value::Node(r));
+            start += size;
+        }
+        Ok(())
     }
 
     /// `Add`, `Sub`, `Mul`, `Div`: of two activations, or of an activation and

@@ -1343,7 +1343,8 @@ impl Importer<'_> {
                 }
                 self.g.add_as(&name, slice, &[x])?
             }
-            "Gather" | "Shape" => {
+            "Gather" => self.gather(n, &name, x)?,
+            "Shape" => {
                 return Err(self.err(n, format!("{op} of an activation is not supported (only of constants, which are folded)")));
             }
             other => {
@@ -1357,6 +1358,84 @@ impl Importer<'_> {
             }
         };
         self.finish(n, r)
+    }
+
+    /// `Gather` of an activation with constant indices along a non-batch axis:
+    /// a scalar index picks one slice and drops the axis (`x[:, 0]`); a 1-D
+    /// list keeps the axis, one Slice per run of consecutive indices,
+    /// concatenated when there are several.
+    fn gather(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let idx = self
+            .constant(n, 1)
+            .map_err(|_| self.err(n, "Gather of an activation needs constant indices".into()))?;
+        let dims = self.g.shape(x).dims().to_vec();
+        let rank = dims.len() as i64 + 1;
+        let axis = Self::int(n, "axis").unwrap_or(0);
+        let a = if axis < 0 { axis + rank } else { axis };
+        if !(0..rank).contains(&a) {
+            return Err(self.err(n, format!("axis {axis} is out of range for rank {rank}")));
+        }
+        if a == 0 {
+            return Err(self.err(n, "Gather on the batch axis is not supported".into()));
+        }
+        let ax = (a - 1) as usize;
+        let len = dims[ax] as i64;
+        if idx.dims.len() > 1 {
+            return Err(self.err(n, format!("Gather of an activation with indices of dims {:?}: only a scalar or a 1-D list is supported", idx.dims)));
+        }
+        let list: Vec<i64> = idx
+            .ints()
+            .iter()
+            .map(|&i| {
+                let j = if i < 0 { i + len } else { i };
+                if (0..len).contains(&j) {
+                    Ok(j)
+                } else {
+                    Err(self.err(n, format!("index {i} is out of range for an axis of {len}")))
+                }
+            })
+            .collect::<Result<_>>()?;
+        if list.is_empty() {
+            return Err(self.err(
+                n,
+                "Gather with no indices gives an empty tensor; not supported".into(),
+            ));
+        }
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        for &j in &list {
+            match runs.last_mut() {
+                Some((_, end)) if *end == j => *end += 1,
+                _ => runs.push((j, j + 1)),
+            }
+        }
+        let scalar = idx.dims.is_empty();
+        let slice = |(s, e): (i64, i64)| Slice {
+            axes: vec![ax],
+            starts: vec![s],
+            ends: vec![e],
+            steps: vec![1],
+        };
+        if runs.len() == 1 && !scalar {
+            return self.g.add_as(name, slice(runs[0]), &[x]);
+        }
+        if scalar {
+            let picked = self
+                .g
+                .add_as(&format!("{name}_slice"), slice(runs[0]), &[x])?;
+            let target: Vec<isize> = dims
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != ax)
+                .map(|(_, &d)| d as isize)
+                .collect();
+            return self.g.add_as(name, Reshape::new(target), &[picked]);
+        }
+        let parts = runs
+            .iter()
+            .enumerate()
+            .map(|(k, &r)| self.g.add_as(&format!("{name}_part{k}"), slice(r), &[x]))
+            .collect::<Result<Vec<_>>>()?;
+        self.g.add_as(name, Concat::new(a as isize), &parts)
     }
 
     /// `Split` of an activation along a non-batch axis: one Slice node per

@@ -46,7 +46,7 @@ fn assert_close(what: &str, got: &candle_core::Tensor, want: &candle_core::Tenso
 }
 
 #[test]
-fn resizes_slices_and_ceil_mode_pools_match_onnx_runtime_and_survive_save_and_load() {
+fn resizes_slices_gathers_splits_and_ceil_mode_pools_match_onnx_runtime_and_survive_save_and_load() {
     let refs = candle_core::safetensors::load(fixture("semantics_refs.safetensors"), &Device::Cpu)
         .unwrap();
     for stem in [
@@ -60,6 +60,9 @@ fn resizes_slices_and_ceil_mode_pools_match_onnx_runtime_and_survive_save_and_lo
         "slice_opset9",
         "pool_max_ceil",
         "pool_avg_ceil_pads",
+        "gather_channel_scalar",
+        "gather_list_axis3",
+        "split_uneven_concat",
     ] {
         let model = layerlens_onnx::import(fixture(&format!("{stem}.onnx"))).unwrap();
         let x = &refs[&format!("{stem}/x")];

@@ -30,6 +30,16 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "HardSwish",
     "Clip",
     "Softmax",
+    "LogSoftmax",
+    "Elu",
+    "Celu",
+    "Selu",
+    "Gelu",
+    "Softplus",
+    "Softsign",
+    "Exp",
+    "Mish",
+    "Shrink",
     "MaxPool",
     "AveragePool",
     "GlobalAveragePool",
@@ -990,21 +1000,70 @@ impl Importer<'_> {
                 };
                 self.g.add_as(&name, act, &[x])?
             }
-            "Softmax" => {
+            "Elu" | "Celu" => {
+                let alpha = Self::float(n, "alpha").unwrap_or(1.0);
+                let act = if op == "Elu" {
+                    Activation::Elu { alpha }
+                } else {
+                    Activation::Celu { alpha }
+                };
+                self.g.add_as(&name, act, &[x])?
+            }
+            "Selu" => {
+                // Only the standard constants (the ONNX defaults, as float32).
+                let alpha = Self::float(n, "alpha").unwrap_or(1.673_263_2);
+                let gamma = Self::float(n, "gamma").unwrap_or(1.050_701);
+                if (alpha - 1.673_263_2).abs() > 1e-6 || (gamma - 1.050_701).abs() > 1e-6 {
+                    return Err(self.err(n, format!("Selu with alpha {alpha}, gamma {gamma}: only the standard constants are supported")));
+                }
+                self.g.add_as(&name, Activation::Selu, &[x])?
+            }
+            "Gelu" => {
+                let approx = attr(n, "approximate")
+                    .map(|a| String::from_utf8_lossy(&a.s).to_string())
+                    .unwrap_or_else(|| "none".into());
+                let act = match approx.as_str() {
+                    "none" => Activation::Gelu,
+                    "tanh" => Activation::GeluTanh,
+                    other => {
+                        return Err(
+                            self.err(n, format!("Gelu approximate='{other}' is not supported"))
+                        )
+                    }
+                };
+                self.g.add_as(&name, act, &[x])?
+            }
+            "Softplus" => self.g.add_as(&name, Activation::Softplus, &[x])?,
+            "Softsign" => self.g.add_as(&name, Activation::Softsign, &[x])?,
+            "Exp" => self.g.add_as(&name, Activation::Exponential, &[x])?,
+            "Mish" => self.g.add_as(&name, Activation::Mish, &[x])?,
+            "Shrink" => {
+                let lambd = Self::float(n, "lambd").unwrap_or(0.5);
+                let bias = Self::float(n, "bias").unwrap_or(0.0);
+                let act = if bias == 0.0 {
+                    Activation::HardShrink { threshold: lambd }
+                } else if bias == lambd {
+                    Activation::SoftShrink { threshold: lambd }
+                } else {
+                    return Err(self.err(n, format!("Shrink with bias {bias} other than 0 or lambd ({lambd}) is not supported")));
+                };
+                self.g.add_as(&name, act, &[x])?
+            }
+            "Softmax" | "LogSoftmax" => {
                 let rank = self.g.shape(x).rank() as i64 + 1;
                 let default = if self.opset >= 13 { -1 } else { 1 };
                 let axis = Self::int(n, "axis").unwrap_or(default);
                 let last = axis == -1 || axis == rank - 1;
                 if self.opset < 13 && !last {
-                    return Err(self.err(n, format!("Softmax before opset 13 over axis {axis} of a rank-{rank} tensor flattens trailing axes; not supported")));
+                    return Err(self.err(n, format!("{op} before opset 13 over axis {axis} of a rank-{rank} tensor flattens trailing axes; not supported")));
                 }
-                self.g.add_as(
-                    &name,
-                    Activation::Softmax {
-                        axis: axis as isize,
-                    },
-                    &[x],
-                )?
+                let axis = axis as isize;
+                let act = if op == "Softmax" {
+                    Activation::Softmax { axis }
+                } else {
+                    Activation::LogSoftmax { axis }
+                };
+                self.g.add_as(&name, act, &[x])?
             }
             "MaxPool" | "AveragePool" => {
                 let k = self.pair(n, Self::ints(n, "kernel_shape"), 1, "kernel_shape")?;

@@ -46,7 +46,8 @@ fn assert_close(what: &str, got: &candle_core::Tensor, want: &candle_core::Tenso
 }
 
 #[test]
-fn resizes_slices_gathers_splits_and_ceil_mode_pools_match_onnx_runtime_and_survive_save_and_load() {
+fn resizes_slices_gathers_splits_pools_and_activations_match_onnx_runtime_and_survive_save_and_load()
+{
     let refs = candle_core::safetensors::load(fixture("semantics_refs.safetensors"), &Device::Cpu)
         .unwrap();
     for stem in [
@@ -63,6 +64,13 @@ fn resizes_slices_gathers_splits_and_ceil_mode_pools_match_onnx_runtime_and_surv
         "gather_channel_scalar",
         "gather_list_axis3",
         "split_uneven_concat",
+        "act_softplus",
+        "act_softsign",
+        "act_mish",
+        "act_shrink_hard",
+        "act_shrink_soft",
+        "act_gelu_tanh",
+        "act_selu",
     ] {
         let model = layerlens_onnx::import(fixture(&format!("{stem}.onnx"))).unwrap();
         let x = &refs[&format!("{stem}/x")];

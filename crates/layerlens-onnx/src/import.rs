@@ -40,6 +40,13 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Exp",
     "Mish",
     "Shrink",
+    "Abs",
+    "Neg",
+    "Sqrt",
+    "Reciprocal",
+    "Erf",
+    "Log",
+    "Pow",
     "MaxPool",
     "AveragePool",
     "GlobalAveragePool",
@@ -1034,6 +1041,20 @@ impl Importer<'_> {
                 self.g.add_as(&name, act, &[x])?
             }
             "Softplus" => self.g.add_as(&name, Activation::Softplus, &[x])?,
+            "Abs" => self.g.add_as(&name, Activation::Abs, &[x])?,
+            "Neg" => self.g.add_as(&name, Activation::Neg, &[x])?,
+            "Sqrt" => self.g.add_as(&name, Activation::Sqrt, &[x])?,
+            "Reciprocal" => self.g.add_as(&name, Activation::Reciprocal, &[x])?,
+            "Erf" => self.g.add_as(&name, Activation::Erf, &[x])?,
+            "Log" => self.g.add_as(&name, Activation::Log, &[x])?,
+            "Pow" => {
+                let exponent = match self.values.get(n.input.get(1).map_or("", |s| s)) {
+                    Some(Value::Const(_)) => self.opt_scalar(n, 1, "the exponent")?,
+                    _ => None,
+                }
+                .ok_or_else(|| self.err(n, "Pow needs a constant scalar exponent".into()))?;
+                self.g.add_as(&name, Activation::Pow { exponent }, &[x])?
+            }
             "Softsign" => self.g.add_as(&name, Activation::Softsign, &[x])?,
             "Exp" => self.g.add_as(&name, Activation::Exponential, &[x])?,
             "Mish" => self.g.add_as(&name, Activation::Mish, &[x])?,

@@ -46,8 +46,8 @@ fn assert_close(what: &str, got: &candle_core::Tensor, want: &candle_core::Tenso
 }
 
 #[test]
-fn resizes_slices_gathers_splits_pools_and_activations_match_onnx_runtime_and_survive_save_and_load()
-{
+fn resizes_slices_gathers_splits_pools_and_activations_match_onnx_runtime_and_survive_save_and_load(
+) {
     let refs = candle_core::safetensors::load(fixture("semantics_refs.safetensors"), &Device::Cpu)
         .unwrap();
     for stem in [
@@ -71,6 +71,8 @@ fn resizes_slices_gathers_splits_pools_and_activations_match_onnx_runtime_and_su
         "act_shrink_soft",
         "act_gelu_tanh",
         "act_selu",
+        "act_pow_cube",
+        "act_pow_square_int",
     ] {
         let model = layerlens_onnx::import(fixture(&format!("{stem}.onnx"))).unwrap();
         let x = &refs[&format!("{stem}/x")];

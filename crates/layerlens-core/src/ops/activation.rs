@@ -107,6 +107,24 @@ pub enum Activation {
         /// Threshold.
         threshold: f32,
     },
+    /// `|x|` (ONNX `Abs`).
+    Abs,
+    /// `-x` (ONNX `Neg`).
+    Neg,
+    /// `sqrt(x)`, NaN below 0 (ONNX `Sqrt`).
+    Sqrt,
+    /// `1 / x` (ONNX `Reciprocal`).
+    Reciprocal,
+    /// The error function (ONNX `Erf`; exported GELUs before opset 20).
+    Erf,
+    /// Natural logarithm, NaN below 0 (ONNX `Log`).
+    Log,
+    /// `x ^ exponent` for a constant exponent (ONNX `Pow` with a scalar
+    /// constant exponent).
+    Pow {
+        /// The exponent.
+        exponent: f32,
+    },
 }
 
 impl Activation {
@@ -151,6 +169,17 @@ impl Activation {
             Activation::Softsign => x.broadcast_div(&(x.abs()? + 1.0)?),
             Activation::Exponential => x.exp(),
             Activation::Mish => x.mul(&softplus(x)?.tanh()?),
+            Activation::Abs => x.abs(),
+            Activation::Neg => x.neg(),
+            Activation::Sqrt => x.sqrt(),
+            Activation::Reciprocal => x.recip(),
+            Activation::Erf => x.erf(),
+            Activation::Log => x.log(),
+            Activation::Pow { exponent } => match exponent {
+                1.0 => Ok(x.clone()),
+                2.0 => x.sqr(),
+                e => x.powf(e as f64),
+            },
             Activation::ReluGeneral {
                 max_value,
                 negative_slope,
@@ -208,7 +237,8 @@ impl Activation {
             Activation::Softplus | Activation::Exponential | Activation::Squareplus { .. } => {
                 (Some(0.0), None)
             }
-            Activation::Softsign => (Some(-1.0), Some(1.0)),
+            Activation::Softsign | Activation::Erf => (Some(-1.0), Some(1.0)),
+            Activation::Abs | Activation::Sqrt => (Some(0.0), None),
             Activation::LogSoftmax { .. } | Activation::LogSigmoid => (None, Some(0.0)),
             Activation::ReluGeneral {
                 max_value,
@@ -230,7 +260,11 @@ impl Activation {
             | Activation::Mish
             | Activation::TanhShrink
             | Activation::SoftShrink { .. }
-            | Activation::HardShrink { .. } => (None, None),
+            | Activation::HardShrink { .. }
+            | Activation::Neg
+            | Activation::Reciprocal
+            | Activation::Log
+            | Activation::Pow { .. } => (None, None),
         }
     }
 }
@@ -282,6 +316,13 @@ impl LayerOp for Activation {
             Activation::Squareplus { .. } => "squareplus",
             Activation::SoftShrink { .. } => "soft_shrink",
             Activation::HardShrink { .. } => "hard_shrink",
+            Activation::Abs => "abs",
+            Activation::Neg => "neg",
+            Activation::Sqrt => "sqrt",
+            Activation::Reciprocal => "reciprocal",
+            Activation::Erf => "erf",
+            Activation::Log => "log",
+            Activation::Pow { .. } => "pow",
         }
     }
 

@@ -129,7 +129,7 @@ fn collect_args(v: &Value, call: &mut Call) {
         Value::Object(o)
             if o.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") =>
         {
-            let c = &o["config"];
+            let c = o.get("config").unwrap_or(&Value::Null);
             let h = &c["keras_history"];
             let key = (
                 h[0].as_str().unwrap_or_default().to_string(),

@@ -715,10 +715,12 @@ impl Importer<'_> {
     ) -> Result<[usize; 2]> {
         match v.as_deref() {
             None => Ok([default, default]),
-            Some([a, b]) if *a >= 0 && *b >= 0 => Ok([*a as usize, *b as usize]),
+            // Strides, dilations and kernel sizes of 0 have no meaning (and
+            // would divide by zero in the window arithmetic).
+            Some([a, b]) if *a >= 1 && *b >= 1 => Ok([*a as usize, *b as usize]),
             Some(other) => Err(self.err(
                 n,
-                format!("{what} {other:?}: only 2-D (two non-negative values) is supported"),
+                format!("{what} {other:?}: only 2-D (two positive values) is supported"),
             )),
         }
     }

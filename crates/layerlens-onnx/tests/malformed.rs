@@ -34,6 +34,12 @@ const EXPECT: &[(&str, &str)] = &[
         "constant_value (input 2) must hold one value, holds 0",
     ),
     (
+        // Found by the onnx_import fuzz target (2026-12-03, 1.66 M executions):
+        // a zero stride divided by zero in the ceil_mode window arithmetic.
+        "AveragePool-zero-stride-ceil-mode",
+        "strides [0, 3]: only 2-D (two positive values) is supported",
+    ),
+    (
         "Clip-empty-min",
         "min (input 1) must hold one value, holds 0",
     ),

@@ -7,6 +7,7 @@
 # executions, seconds, peak RSS, and the crash/OOM/timeout artifacts found
 # (in fuzz/artifacts/TARGET/). Build first: cd fuzz && cargo +nightly fuzz build -O
 set -uo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")"
 # With autogroup scheduling (kernel.sched_autogroup_enabled=1) `nice` only orders
 # processes within one session: a niced fuzzer still takes a whole core from
@@ -14,7 +15,7 @@ cd "$(dirname "$0")"
 # autogroup is niced, so the campaign only gets idle CPU.
 if [ -z "${LAYERLENS_FUZZ_SESSION:-}" ] && [ -w /proc/self/autogroup ]; then
     export LAYERLENS_FUZZ_SESSION=1
-    exec setsid sh -c 'echo 19 > /proc/self/autogroup; exec "$0" "$@"' "$0" "$@"
+    exec setsid sh -c 'echo 19 > /proc/self/autogroup; exec "$0" "$@"' "$self" "$@"
 fi
 secs=$1
 shift

@@ -8,9 +8,10 @@ use candle_core::{Device, Tensor};
 use layerlens_core::builder::{Functional, NodeRef};
 use layerlens_core::lambda::{CustomOp, LambdaCtx, Reduce, ShapeCtx};
 use layerlens_core::ops::{
-    Activation, BatchNorm, BinaryKind, Concat, ConstOperand, Conv2d, Crop2d, Dense, Elementwise,
-    Flatten, GlobalAvgPool, LayerNorm, PRelu, Pad2d, PadMode, Padding, Permute, Pool2d, PoolKind,
-    Reshape, Side, Upsample, UpsampleMode,
+    Activation, BatchNorm, BinaryKind, Concat, ConstOperand, Conv2d, ConvTranspose2d,
+    CoordinateMode, Crop2d, Dense, Elementwise, Flatten, GlobalAvgPool, LayerNorm, NearestRounding,
+    PRelu, Pad2d, PadMode, Padding, Permute, Pool2d, PoolKind, Reshape, Resize, ResizeKernel, Side,
+    Upsample, UpsampleMode,
 };
 use layerlens_core::{Error, Model, Result, Shape};
 use serde_json::Value;
@@ -238,7 +239,46 @@ pub(crate) fn build(src: &Source, opts: &ImportOptions) -> Result<Model> {
         .and_then(|v| v.split('.').next())
         .and_then(|m| m.parse::<u32>().ok())
         .is_none_or(|m| m >= 3);
+    // A binding that names no Lambda would silently do nothing: refuse it.
+    let mut lambdas = Vec::new();
+    lambda_names(&src.config, &mut lambdas);
+    let mut unknown: Vec<&String> = opts.bind.keys().filter(|k| !lambdas.contains(k)).collect();
+    unknown.sort();
+    if let Some(k) = unknown.first() {
+        let name = str_of(&src.config["config"], "name").unwrap_or("keras_model");
+        return Err(bad(
+            name,
+            if lambdas.is_empty() {
+                format!("a binding is given for '{k}', but the model has no Lambda layers")
+            } else {
+                format!(
+                    "a binding is given for '{k}', which is not a Lambda layer (Lambda layers: {})",
+                    lambdas.join(", ")
+                )
+            },
+        ));
+    }
     build_model(&src.config, &src.weights, opts, major3)
+}
+
+/// The names of every Lambda layer in a config, nested models included.
+fn lambda_names(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if o.get("class_name").and_then(Value::as_str) == Some("Lambda") {
+                if let Some(n) = o
+                    .get("config")
+                    .and_then(|c| c.get("name"))
+                    .and_then(Value::as_str)
+                {
+                    out.push(n.to_string());
+                }
+            }
+            o.values().for_each(|x| lambda_names(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| lambda_names(x, out)),
+        _ => {}
+    }
 }
 
 fn build_model(
@@ -575,7 +615,13 @@ impl Importer<'_> {
             || (l.module.is_empty()
                 && matches!(
                     l.class.as_str(),
-                    "Add" | "Subtract" | "Multiply" | "Divide" | "TrueDivide"
+                    "Add"
+                        | "Subtract"
+                        | "Multiply"
+                        | "Divide"
+                        | "TrueDivide"
+                        | "Maximum"
+                        | "Minimum"
                 )
                 && (only_name || !call.scalars.is_empty()));
         let class = l.class.as_str();
@@ -680,6 +726,112 @@ impl Importer<'_> {
                     self.param(&l.name, "bias", w[2].clone());
                 }
                 r
+            }
+            "Conv2DTranspose" | "Convolution2DTranspose" => {
+                let (x, _) = self.map_input(l, xs)?;
+                self.check_channels_last(l)?;
+                let bias = flag(c, "use_bias", true);
+                let filters = num(c, "filters").unwrap_or(0.0) as usize;
+                let k = pair(c, "kernel_size", 1, &l.name)?;
+                let st = pair(c, "strides", 1, &l.name)?;
+                let d = pair(c, "dilation_rate", 1, &l.name)?;
+                if k[0] != k[1] || st[0] != st[1] || d[0] != d[1] {
+                    return Err(bad(&l.name, format!("a non-square kernel {k:?}, strides {st:?} or dilation {d:?} is not supported (square ones are)")));
+                }
+                if c.get("output_padding").is_some_and(|v| !v.is_null()) {
+                    return Err(bad(&l.name, "output_padding is not supported (None is)"));
+                }
+                let (k, st, d) = (k[0], st[0], d[0]);
+                let ek = (k - 1) * d + 1;
+                // Keras' output length (deconv_output_length): `in * s` for "same",
+                // `in * s + max(ek - s, 0)` for "valid". The full transposed
+                // convolution is `(in - 1) * s + ek` long: when that is shorter the
+                // rest is bias only (output_padding); when longer, "same" crops
+                // `(ek - s) / 2` at the start and the rest at the end, as the
+                // gradient of TensorFlow's SAME convolution does.
+                let same = matches!(self.padding(l)?, Padding::Same);
+                let (pad, extra, tail) = if ek < st {
+                    (0, st - ek, 0)
+                } else if same {
+                    let total = ek - st;
+                    (total / 2, 0, total - 2 * (total / 2))
+                } else {
+                    (0, 0, 0)
+                };
+                let act = self.activation(l, c.get("activation").unwrap_or(&Value::Null), 3)?;
+                let conv = ConvTranspose2d {
+                    filters,
+                    kernel: k,
+                    stride: st,
+                    padding: pad,
+                    output_padding: extra,
+                    dilation: d,
+                    bias,
+                    in_channels: 0,
+                };
+                let w = self.vars(l, &[1 + bias as usize])?;
+                let mut parts: Vec<(&str, layerlens_core::ir::Op)> = vec![("full", conv.into())];
+                if tail > 0 {
+                    parts.push((
+                        "crop",
+                        Crop2d {
+                            crops: [0, tail, 0, tail],
+                        }
+                        .into(),
+                    ));
+                }
+                if let Some(a) = act {
+                    parts.push(("act", a.into()));
+                }
+                let n = parts.len();
+                let mut r = x.r;
+                for (i, (part, op)) in parts.into_iter().enumerate() {
+                    r = self.add(l, (i + 1 < n).then_some(part), op, &[r])?;
+                }
+                // The weights belong to the first node (`layer.full` or the layer).
+                let conv_node = if n > 1 {
+                    format!("{}.full", l.name)
+                } else {
+                    l.name.clone()
+                };
+                self.param(&conv_node, "weight", layout::conv_transpose_kernel(&w[0])?);
+                if bias {
+                    self.param(&conv_node, "bias", w[1].clone());
+                }
+                r
+            }
+            "Resizing" => {
+                let (x, [h, w, _]) = self.map_input(l, xs)?;
+                self.check_channels_last(l)?;
+                let size = [
+                    num(c, "height").unwrap_or(0.0) as usize,
+                    num(c, "width").unwrap_or(0.0) as usize,
+                ];
+                for flag_name in ["crop_to_aspect_ratio", "pad_to_aspect_ratio", "antialias"] {
+                    if flag(c, flag_name, false) {
+                        return Err(bad(&l.name, format!("{flag_name}=True is not supported")));
+                    }
+                }
+                // TensorFlow's tf.image.resize (v2): half-pixel centres; nearest
+                // rounds half up; bicubic is Keys' a = -0.5 with outside taps
+                // dropped and the rest renormalised.
+                let (kernel, exclude_outside) = match str_of(c, "interpolation").unwrap_or("bilinear") {
+                    "bilinear" => (ResizeKernel::Linear, false),
+                    "nearest" => (ResizeKernel::Nearest(NearestRounding::RoundPreferCeil), false),
+                    "bicubic" => (ResizeKernel::Cubic { a: -0.5 }, true),
+                    other => {
+                        return Err(bad(&l.name, format!("interpolation '{other}' is not supported (bilinear, nearest, bicubic are)")))
+                    }
+                };
+                let resize = Resize {
+                    size,
+                    scales: [size[0] as f64 / h as f64, size[1] as f64 / w as f64],
+                    kernel,
+                    coordinates: CoordinateMode::HalfPixel,
+                    antialias: false,
+                    exclude_outside,
+                };
+                self.add(l, None, resize, &[x.r])?
             }
             "Dense" => {
                 let x = self.one(l, xs)?;
@@ -979,7 +1131,7 @@ impl Importer<'_> {
                 self.g.alias(&l.name, x.r)?;
                 return Ok(x);
             }
-            "Add" | "Subtract" | "Multiply" | "Average" => {
+            "Add" | "Subtract" | "Multiply" | "Average" | "Maximum" | "Minimum" => {
                 if xs.len() < 2 || (class == "Subtract" && xs.len() != 2) {
                     return Err(bad(
                         &l.name,
@@ -1000,6 +1152,8 @@ impl Importer<'_> {
                 let kind = match class {
                     "Subtract" => BinaryKind::Sub,
                     "Multiply" => BinaryKind::Mul,
+                    "Maximum" => BinaryKind::Max,
+                    "Minimum" => BinaryKind::Min,
                     _ => BinaryKind::Add,
                 };
                 let n = xs.len();
@@ -1291,11 +1445,13 @@ impl Importer<'_> {
             "Subtract" => BinaryKind::Sub,
             "Multiply" => BinaryKind::Mul,
             "Divide" | "TrueDivide" => BinaryKind::Div,
+            "Maximum" => BinaryKind::Max,
+            "Minimum" => BinaryKind::Min,
             other => {
                 return Err(bad(
                     &l.name,
                     format!(
-                        "raw op {}.{other} is not supported (add, subtract, multiply, divide are)",
+                        "raw op {}.{other} is not supported (add, subtract, multiply, divide, maximum, minimum are)",
                         l.module
                     ),
                 ))
@@ -1463,6 +1619,7 @@ pub const SUPPORTED_LAYERS: &[&str] = &[
     "Conv2D",
     "DepthwiseConv2D",
     "SeparableConv2D",
+    "Conv2DTranspose",
     "Dense",
     "BatchNormalization",
     "LayerNormalization",
@@ -1486,10 +1643,13 @@ pub const SUPPORTED_LAYERS: &[&str] = &[
     "Subtract",
     "Multiply",
     "Average",
+    "Maximum",
+    "Minimum",
     "Concatenate",
     "ZeroPadding2D",
     "Cropping2D",
     "UpSampling2D",
+    "Resizing",
     "Reshape",
     "Permute",
     "Rescaling",

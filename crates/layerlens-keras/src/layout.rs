@@ -26,6 +26,12 @@ pub fn hwio_to_oihw(k: &Tensor) -> Result<Tensor> {
     k.permute((3, 2, 0, 1))?.contiguous()
 }
 
+/// A Keras Conv2DTranspose kernel `(kh, kw, out, in)` as layerlens' (and
+/// PyTorch's) transposed-convolution kernel `[in, out, kh, kw]`.
+pub fn conv_transpose_kernel(k: &Tensor) -> Result<Tensor> {
+    k.permute((3, 2, 0, 1))?.contiguous()
+}
+
 /// A Keras DepthwiseConv2D kernel `(kh, kw, in, multiplier)` as the OIHW kernel
 /// `[in * multiplier, 1, kh, kw]` of a convolution with `groups = in`.
 pub fn depthwise_to_oihw(k: &Tensor) -> Result<Tensor> {

@@ -3,50 +3,13 @@
 //! reference env of scripts/setup-reference-env.sh). Every layer's output must
 //! match Keras' `predict` within 1e-5 absolute + 1e-4 relative.
 
-use layerlens_core::candle_core::{Device, Tensor};
+mod common;
+
+use common::{cache_dir, check, fixture, refs};
+use layerlens_core::candle_core::Tensor;
 use layerlens_core::Model;
 use layerlens_keras::layout::nhwc_to_nchw;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn refs(name: &str) -> BTreeMap<String, Tensor> {
-    let bytes = std::fs::read(fixture(name)).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let vals: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (k, Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap())
-        })
-        .collect()
-}
-
-/// Max of |got - want| - (1e-5 + 1e-4 |want|) must be <= 0; returns the worst abs error.
-fn check(name: &str, got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-    let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-    let mut worst = 0f32;
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let err = (a - b).abs();
-        assert!(
-            err <= 1e-5 + 1e-4 * b.abs(),
-            "{name}[{i}]: layerlens {a} vs Keras {b} (|diff| {err})"
-        );
-        worst = worst.max(err);
-    }
-    worst
-}
 
 /// Extracts every reference layer and compares it; returns how many were checked.
 fn compare_all(model: &Model, inputs: &[Tensor], refs: &BTreeMap<String, Tensor>) -> usize {
@@ -90,7 +53,7 @@ fn every_layer_of_the_legacy_h5_file_matches_keras() {
 
 #[test]
 fn fer_emotion_model_matches_keras_at_every_layer() {
-    let path = dirs_cache().join("assets/fer_emotion_model.hdf5");
+    let path = cache_dir().join("assets/fer_emotion_model.hdf5");
     assert!(
         path.exists(),
         "run scripts/fetch-models.sh ({} missing)",
@@ -100,14 +63,6 @@ fn fer_emotion_model_matches_keras_at_every_layer() {
     let m = layerlens_keras::import(&path).unwrap();
     let n = compare_all(&m, &[nhwc_to_nchw(&r["input"]).unwrap()], &r);
     assert_eq!(n, r.len() - 1);
-}
-
-fn dirs_cache() -> PathBuf {
-    std::env::var_os("LAYERLENS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/layerlens")
-        })
 }
 
 #[test]

@@ -358,18 +358,21 @@ impl Model {
     /// input sizes are symbolic, `input_shape` gives the per-sample shape
     /// (`(3, 640, 640)`, or `{"images": (3, 640, 640)}` for several inputs)
     /// and `dims` sizes by ONNX name (`{"height": 640}`), like the CLI's
-    /// `--input-shape` and `--dim`.
+    /// `--input-shape` and `--dim`. For a Keras file, `bind` runs layerlens
+    /// Lambdas in place of Keras Lambda layers (never executed):
+    /// `{"spatial_mean": 'mean({"axes": [2, 3]})'}`, like `--bind`.
     #[staticmethod]
-    #[pyo3(signature = (spec, *, threads=None, input_shape=None, dims=None))]
+    #[pyo3(signature = (spec, *, threads=None, input_shape=None, dims=None, bind=None))]
     fn load(
         py: Python<'_>,
         spec: &str,
         threads: Option<usize>,
         input_shape: Option<&Bound<'_, PyAny>>,
         dims: Option<std::collections::HashMap<String, usize>>,
+        bind: Option<std::collections::BTreeMap<String, String>>,
     ) -> PyResult<Self> {
         let threads = thread_count(threads)?;
-        let mut shapes = spec::ShapeOptions::default();
+        let mut shapes = spec::OpenOptions::default();
         if let Some(s) = input_shape {
             if let Ok(d) = s.cast::<PyDict>() {
                 for (k, v) in d.iter() {
@@ -386,6 +389,11 @@ impl Model {
         }
         if let Some(d) = dims {
             shapes.dims = d;
+        }
+        for (layer, lambda) in bind.unwrap_or_default() {
+            shapes
+                .add_binding(&format!("{layer}={lambda}"))
+                .map_err(to_py)?;
         }
         if let Some(w) = spec::random_weights_warning(spec) {
             PyErr::warn(
@@ -468,7 +476,7 @@ impl Model {
 
     /// As `extract`, from images: paths or encoded bytes (PNG, JPEG), decoded,
     /// resized and normalised in Rust exactly as the CLI's `--preprocess`
-    /// (`unit`, `imagenet`, `efficientnet-lite`).
+    /// (`unit`, `imagenet`, `efficientnet-lite`, Keras' `caffe`, `tf`, `raw`).
     #[pyo3(signature = (images, layers, *, preprocess="unit", apply=None, batch_size=None))]
     fn extract_images<'py>(
         &self,

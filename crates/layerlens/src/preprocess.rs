@@ -15,19 +15,31 @@ pub enum Preset {
     EfficientNetLite,
     /// Plain `[0, 1]`.
     UnitRange,
+    /// Keras' `caffe` mode (`keras.applications.vgg16/resnet.preprocess_input`):
+    /// RGB to BGR, then minus the BGR means (103.939, 116.779, 123.68) on
+    /// 0..255 pixels.
+    Caffe,
+    /// Keras' `tf` mode (MobileNet, Xception, Inception): `x / 127.5 - 1`.
+    Tf,
+    /// 0..255 pixels as they are (Keras models with their own preprocessing
+    /// layers: EfficientNet, ConvNeXt).
+    Raw,
 }
 
 impl Preset {
-    /// Parses `imagenet`, `efficientnet-lite` or `unit`.
+    /// Parses `imagenet`, `efficientnet-lite`, `unit`, `caffe`, `tf` or `raw`.
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
-            "imagenet" => Preset::ImageNet,
+            "imagenet" | "torch" => Preset::ImageNet,
             "efficientnet-lite" => Preset::EfficientNetLite,
             "unit" => Preset::UnitRange,
+            "caffe" => Preset::Caffe,
+            "tf" => Preset::Tf,
+            "raw" => Preset::Raw,
             other => {
                 return Err(Error::invalid(
                     "preprocess",
-                    format!("unknown preset '{other}' (imagenet, efficientnet-lite, unit)"),
+                    format!("unknown preset '{other}' (imagenet (alias torch), efficientnet-lite, unit, caffe, tf, raw)"),
                 ))
             }
         })
@@ -161,16 +173,33 @@ pub fn from_image(img: &image::DynamicImage, channels: usize, preset: Preset) ->
     let x = Tensor::from_vec(px, (h, w, channels), &Device::Cpu)?
         .permute((2, 0, 1))?
         .contiguous()?;
+    let need_rgb = |what: &str| {
+        if channels != 3 {
+            Err(Error::invalid(
+                "load_image",
+                format!("the {what} preset needs 3 channels"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
     let x = match preset {
         Preset::EfficientNetLite => ((x - 127.0)? / 128.0)?,
         Preset::UnitRange => (x / 255.0)?,
+        Preset::Tf => ((x / 127.5)? - 1.0)?,
+        Preset::Raw => x,
+        Preset::Caffe => {
+            need_rgb("caffe")?;
+            let bgr = Tensor::cat(
+                &[x.narrow(0, 2, 1)?, x.narrow(0, 1, 1)?, x.narrow(0, 0, 1)?],
+                0,
+            )?;
+            let mean =
+                Tensor::new(&[103.939f32, 116.779, 123.68], &Device::Cpu)?.reshape((3, 1, 1))?;
+            bgr.broadcast_sub(&mean)?
+        }
         Preset::ImageNet => {
-            if channels != 3 {
-                return Err(Error::invalid(
-                    "load_image",
-                    "the ImageNet preset needs 3 channels",
-                ));
-            }
+            need_rgb("ImageNet")?;
             let mean = Tensor::new(&[0.485f32, 0.456, 0.406], &Device::Cpu)?.reshape((3, 1, 1))?;
             let std = Tensor::new(&[0.229f32, 0.224, 0.225], &Device::Cpu)?.reshape((3, 1, 1))?;
             (x / 255.0)?.broadcast_sub(&mean)?.broadcast_div(&std)?

@@ -5,7 +5,7 @@
 
 use crate::preprocess::{decode_image, decode_image_bytes, fit_image, from_image, ImageLoader};
 use layerlens_core::candle_core::{DType, Device, Tensor};
-use layerlens_core::lambda::{CustomOp, L2Normalize, Reduce};
+use layerlens_core::lambda::{CustomOp, L2Normalize, LambdaRegistry, Reduce};
 use layerlens_core::prelude::*;
 use layerlens_core::{Error, Result};
 use std::path::Path;
@@ -50,29 +50,93 @@ const MODEL_FORMS: &str =
 /// without a [`random_weights_warning`]), an `.onnx` file, or a directory
 /// written by [`Model::save`].
 pub fn open_model(spec: &str) -> Result<Model> {
-    open_model_with(spec, &ShapeOptions::default())
+    open_model_with(spec, &OpenOptions::default())
 }
 
-/// What fixes the sizes an ONNX file leaves symbolic (`--input-shape`,
-/// `--dim`; `input_shape=`, `dims=` in Python).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ShapeOptions {
+/// How to open a model beyond its spec: the sizes an ONNX file leaves
+/// symbolic (`--input-shape`, `--dim`; `input_shape=`, `dims=` in Python) and
+/// the layerlens ops that stand in for a Keras file's Lambda layers (`--bind`;
+/// `bind=`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenOptions {
     /// Per-sample shapes by graph input name (`""`: the only input).
     pub input_shapes: std::collections::HashMap<String, Vec<usize>>,
     /// Symbolic dimension values by `dim_param` name.
     pub dims: std::collections::HashMap<String, usize>,
+    /// Keras Lambda layer name -> (registered layerlens Lambda, its JSON
+    /// arguments), built with [`LambdaRegistry::with_builtins`].
+    pub bind: std::collections::BTreeMap<String, (String, serde_json::Value)>,
 }
 
-impl ShapeOptions {
-    /// No shape given.
+impl OpenOptions {
+    /// No ONNX size given.
     pub fn is_empty(&self) -> bool {
         self.input_shapes.is_empty() && self.dims.is_empty()
     }
 
-    /// Parses `--input-shape` values (`[NAME=]C,H,W`) and `--dim` values
-    /// (`NAME=V`).
-    pub fn parse(input_shapes: &[String], dims: &[String]) -> Result<Self> {
-        let mut o = ShapeOptions::default();
+    /// Parses one `--bind` value, `LAYER=LAMBDA` or `LAYER=LAMBDA(JSON_ARGS)`
+    /// (`spatial_mean=mean({"axes":[2,3]})`; for `mean`, `sum` and `max` the
+    /// reduction's `kind` is implied), and checks that the Lambda exists and
+    /// takes those arguments.
+    pub fn add_binding(&mut self, spec: &str) -> Result<()> {
+        let bad = |why: &str| {
+            Error::invalid(
+                "bind",
+                format!("'{spec}' {why} (LAYER=LAMBDA or LAYER=LAMBDA(JSON_ARGS), e.g. spatial_mean='mean({{\"axes\":[2,3]}})')"),
+            )
+        };
+        let (layer, op) = spec
+            .split_once('=')
+            .map(|(l, o)| (l.trim(), o.trim()))
+            .filter(|(l, o)| !l.is_empty() && !o.is_empty())
+            .ok_or_else(|| bad("is not LAYER=LAMBDA"))?;
+        let (name, args) = match op.split_once('(') {
+            Some((n, rest)) => {
+                let json = rest
+                    .strip_suffix(')')
+                    .ok_or_else(|| bad("has no closing parenthesis"))?;
+                let args: serde_json::Value = if json.trim().is_empty() {
+                    serde_json::json!({})
+                } else {
+                    serde_json::from_str(json)
+                        .map_err(|e| bad(&format!("has arguments that are not JSON ({e})")))?
+                };
+                (n.trim(), args)
+            }
+            None => (op, serde_json::json!({})),
+        };
+        let mut args = args;
+        if let (true, Some(o)) = (matches!(name, "mean" | "sum" | "max"), args.as_object_mut()) {
+            o.entry("kind").or_insert_with(|| name.into());
+        }
+        let registry = LambdaRegistry::with_builtins();
+        if !registry.contains(name) {
+            return Err(Error::invalid(
+                "bind",
+                format!(
+                    "'{spec}': unknown Lambda '{name}' (built-ins: {})",
+                    registry.names().join(", ")
+                ),
+            ));
+        }
+        registry.build(name, &args)?;
+        if self
+            .bind
+            .insert(layer.to_string(), (name.to_string(), args))
+            .is_some()
+        {
+            return Err(bad("binds a layer a second time"));
+        }
+        Ok(())
+    }
+
+    /// Parses `--input-shape` values (`[NAME=]C,H,W`), `--dim` values
+    /// (`NAME=V`) and `--bind` values (see [`OpenOptions::add_binding`]).
+    pub fn parse(input_shapes: &[String], dims: &[String], binds: &[String]) -> Result<Self> {
+        let mut o = OpenOptions::default();
+        for b in binds {
+            o.add_binding(b)?;
+        }
         for spec in input_shapes {
             let (name, shape) = match spec.rsplit_once('=') {
                 Some((n, s)) => (n.trim().to_string(), s),
@@ -112,9 +176,24 @@ impl ShapeOptions {
 }
 
 /// [`open_model`], with the sizes of an ONNX file's symbolic input
-/// dimensions; other models have fixed input shapes and refuse them.
-pub fn open_model_with(spec: &str, shapes: &ShapeOptions) -> Result<Model> {
+/// dimensions (other models have fixed input shapes and refuse them) and the
+/// bindings of a Keras file's Lambda layers (refused for other models).
+pub fn open_model_with(spec: &str, shapes: &OpenOptions) -> Result<Model> {
     let path = Path::new(spec);
+    let keras = crate::keras::detect(path);
+    if !shapes.bind.is_empty()
+        && !matches!(
+            keras,
+            Some(crate::keras::KerasFormat::Keras | crate::keras::KerasFormat::LegacyH5)
+        )
+    {
+        return Err(Error::invalid(
+            "bind",
+            format!(
+                "{spec} is not a Keras model; --bind gives ops for a Keras file's Lambda layers"
+            ),
+        ));
+    }
     if path.extension().is_some_and(|e| e == "onnx") {
         let opts = crate::onnx::ImportOptions {
             input_shapes: shapes.input_shapes.clone(),
@@ -153,9 +232,14 @@ pub fn open_model_with(spec: &str, shapes: &ShapeOptions) -> Result<Model> {
         return Ok(model);
     }
     // Keras files are recognised by content (zip with config.json, HDF5), not name.
-    match crate::keras::detect(path) {
+    match keras {
         Some(crate::keras::KerasFormat::Keras | crate::keras::KerasFormat::LegacyH5) => {
-            return crate::keras::import(path)
+            let registry = LambdaRegistry::with_builtins();
+            let mut opts = crate::keras::ImportOptions::default();
+            for (layer, (name, args)) in &shapes.bind {
+                opts.bind.insert(layer.clone(), registry.build(name, args)?);
+            }
+            return crate::keras::import_with(path, &opts);
         }
         Some(crate::keras::KerasFormat::WeightsH5) => {
             return Err(Error::Format {
@@ -276,11 +360,7 @@ pub fn extraction_model(
 /// [`open_model_with`] for a run over `inputs`: an ONNX file whose input
 /// sizes are symbolic and not given in `shapes` takes them from the first
 /// input when that is a tensor (`.npy`, `.safetensors`), as it is.
-pub fn open_model_for_inputs(
-    spec: &str,
-    shapes: &ShapeOptions,
-    inputs: &[String],
-) -> Result<Model> {
+pub fn open_model_for_inputs(spec: &str, shapes: &OpenOptions, inputs: &[String]) -> Result<Model> {
     let is_onnx = Path::new(spec).extension().is_some_and(|e| e == "onnx");
     let first_tensor = inputs.first().filter(|i| {
         matches!(
@@ -298,7 +378,7 @@ pub fn open_model_for_inputs(
                 } else {
                     crate::extract::read_safetensors_input(path)?
                 };
-                let mut from_input = ShapeOptions::default();
+                let mut from_input = OpenOptions::default();
                 from_input
                     .input_shapes
                     .insert(String::new(), t.dims()[1.min(t.rank())..].to_vec());

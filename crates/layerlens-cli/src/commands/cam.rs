@@ -11,7 +11,7 @@ pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
     #[command(flatten)]
-    shapes: super::ShapeArgs,
+    shapes: super::OpenArgs,
     /// An image (png, jpg).
     #[arg(long)]
     input: String,
@@ -27,7 +27,7 @@ pub struct Args {
     /// Heat-map opacity.
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
-    /// Image preprocessing: unit, imagenet, efficientnet-lite.
+    /// Image preprocessing: unit, imagenet, efficientnet-lite, or Keras' caffe, tf, raw.
     #[arg(long, default_value = "unit")]
     preprocess: String,
     /// Output PNG.

@@ -15,11 +15,11 @@ pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     pub model: String,
     #[command(flatten)]
-    pub shapes: super::ShapeArgs,
+    pub shapes: super::OpenArgs,
     /// An image (png, jpg), or a .npy / .safetensors tensor (its first sample); repeat for several.
     #[arg(long, required = true)]
     pub input: Vec<String>,
-    /// Image preprocessing: unit, imagenet, efficientnet-lite (default: what a zoo model was trained with, else unit).
+    /// Image preprocessing: unit, imagenet, efficientnet-lite, caffe, tf, raw (default: what a zoo model was trained with, else unit).
     #[arg(long)]
     pub preprocess: Option<String>,
     /// Class names, one per line (default: ImageNet for the zoo models, Fashion-MNIST for the seed CNN).

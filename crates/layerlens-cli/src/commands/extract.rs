@@ -25,7 +25,7 @@ pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
     #[command(flatten)]
-    shapes: super::ShapeArgs,
+    shapes: super::OpenArgs,
     /// Inputs: images (png, jpg), directories of images (recursive), .npy or
     /// .safetensors float32 NCHW tensors used as they are (the first tensor of a
     /// safetensors file), or embedded:fashion-mnist-test / embedded:fashion-mnist-train.
@@ -45,7 +45,7 @@ pub struct Args {
     /// without spatial axes are written as they are for mean and max.
     #[arg(long)]
     apply: Option<String>,
-    /// Preprocessing of image inputs: unit ([0, 1]), imagenet, efficientnet-lite.
+    /// Preprocessing of image inputs: unit ([0, 1]), imagenet, efficientnet-lite, or Keras' caffe (VGG16, ResNet50), tf (x/127.5-1: MobileNet, Xception, Inception), raw (0..255: EfficientNet, ConvNeXt).
     /// Images of the model's input size are used as they are; others are resized
     /// (and centre-cropped for square inputs).
     #[arg(long, default_value = "unit")]

@@ -32,9 +32,10 @@ fn keep_freed_memory_for_reuse() {
     }
 }
 
-/// The sizes of an ONNX model's symbolic input dimensions.
+/// How to open MODEL: the sizes of an ONNX model's symbolic input
+/// dimensions, the ops standing in for a Keras model's Lambda layers.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct ShapeArgs {
+pub struct OpenArgs {
     /// Per-sample shape of a graph input whose sizes the ONNX file leaves
     /// symbolic, without the batch: [NAME=]C,H,W (NAME only for models with
     /// several inputs); images are resized to it. Default: the shape of a
@@ -45,16 +46,24 @@ pub struct ShapeArgs {
     /// repeatable.
     #[arg(long, value_name = "NAME=SIZE")]
     pub dim: Vec<String>,
+    /// Runs a layerlens Lambda in place of a Keras Lambda layer (whose Python
+    /// code is never run): LAYER=LAMBDA or LAYER=LAMBDA(JSON_ARGS), e.g.
+    /// spatial_mean='mean({"axes":[2,3]})' (axes in layerlens' NCHW terms);
+    /// LAMBDA is one of mean, sum, max, l2_normalize, scale, reshape, flatten,
+    /// concat, conv2d_ref, scale_by_weight. Repeatable.
+    #[arg(long, value_name = "LAYER=LAMBDA(ARGS)")]
+    pub bind: Vec<String>,
 }
 
 /// Opens MODEL, warning on stderr when it runs on random weights that look
 /// like a pretrained model's (`zoo:resnet18` without `=WEIGHTS`); an ONNX
 /// file's symbolic sizes come from `shapes`, else from the first tensor input.
-fn open_model(spec: &str, shapes: &ShapeArgs, inputs: &[String]) -> Result<Model> {
+fn open_model(spec: &str, shapes: &OpenArgs, inputs: &[String]) -> Result<Model> {
     if let Some(w) = layerlens::spec::random_weights_warning(spec) {
         eprintln!("warning: {w}");
     }
-    let shapes = layerlens::spec::ShapeOptions::parse(&shapes.input_shape, &shapes.dim)?;
+    let shapes =
+        layerlens::spec::OpenOptions::parse(&shapes.input_shape, &shapes.dim, &shapes.bind)?;
     Ok(layerlens::spec::open_model_for_inputs(
         spec, &shapes, inputs,
     )?)

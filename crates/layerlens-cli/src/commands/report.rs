@@ -14,14 +14,14 @@ pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
     #[command(flatten)]
-    shapes: super::ShapeArgs,
+    shapes: super::OpenArgs,
     /// An image (png, jpg), or a .npy / .safetensors tensor; repeat for several.
     #[arg(long, required = true)]
     input: Vec<String>,
     /// Comma-separated nodes, blocks or globs (default: up to 8 spread over the depth).
     #[arg(long)]
     layers: Option<String>,
-    /// Image preprocessing: unit, imagenet, efficientnet-lite (default: what a zoo model was trained with, else unit).
+    /// Image preprocessing: unit, imagenet, efficientnet-lite, caffe, tf, raw (default: what a zoo model was trained with, else unit).
     #[arg(long)]
     preprocess: Option<String>,
     /// Class names, one per line (default: ImageNet for the zoo models, Fashion-MNIST for the seed CNN).

@@ -11,7 +11,7 @@ pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
     #[command(flatten)]
-    shapes: super::ShapeArgs,
+    shapes: super::OpenArgs,
     /// An image (png, jpg), or a .npy / .safetensors tensor.
     #[arg(long)]
     input: String,
@@ -30,7 +30,7 @@ pub struct Args {
     /// auto (from the layer's activation), channel, shared.
     #[arg(long, default_value = "auto")]
     norm: String,
-    /// Image preprocessing: unit ([0, 1]), imagenet, efficientnet-lite.
+    /// Image preprocessing: unit ([0, 1]), imagenet, efficientnet-lite, caffe, tf, raw.
     #[arg(long, default_value = "unit")]
     preprocess: String,
 }

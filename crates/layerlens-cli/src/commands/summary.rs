@@ -16,7 +16,7 @@ pub struct Args {
     /// An .onnx file, a Keras .keras/.h5 file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
     #[command(flatten)]
-    shapes: super::ShapeArgs,
+    shapes: super::OpenArgs,
 }
 
 /// Prints the summary.

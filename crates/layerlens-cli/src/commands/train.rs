@@ -46,7 +46,7 @@ pub struct Args {
 pub fn run(a: &Args) -> Result<()> {
     super::keep_freed_memory_for_reuse();
     use layerlens::train::{data, fit, loss::Loss, optim};
-    let model = super::open_model(&a.model, &super::ShapeArgs::default(), &[])?;
+    let model = super::open_model(&a.model, &super::OpenArgs::default(), &[])?;
     let g = model.graph();
     let out_node = g.node(g.outputs()[0]);
     let head = out_node.name.clone();

@@ -78,6 +78,13 @@ impl LambdaRegistry {
         })
     }
 
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.ctors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Whether `name` is registered.
     pub fn contains(&self, name: &str) -> bool {
         self.ctors.contains_key(name)

@@ -1,5 +1,5 @@
 //! Element-wise arithmetic with NumPy broadcasting, between two nodes or a node
-//! and a constant (ONNX `Add`/`Sub`/`Mul`/`Div`: residual sums, squeeze-excite
+//! and a constant (ONNX `Add`/`Sub`/`Mul`/`Div`/`Max`/`Min`: residual sums, squeeze-excite
 //! gates `(N, C, H, W) * (N, C, 1, 1)`, a bias after `MatMul`).
 
 use super::{ForwardCtx, InferCtx, LayerOp};
@@ -21,6 +21,10 @@ pub enum BinaryKind {
     Mul,
     /// `a / b`.
     Div,
+    /// `max(a, b)` (Keras `Maximum`, ONNX `Max`).
+    Max,
+    /// `min(a, b)` (Keras `Minimum`, ONNX `Min`).
+    Min,
 }
 
 /// Where a constant operand sits.
@@ -97,6 +101,8 @@ impl LayerOp for Elementwise {
             BinaryKind::Sub => "subtract",
             BinaryKind::Mul => "multiply",
             BinaryKind::Div => "divide",
+            BinaryKind::Max => "maximum",
+            BinaryKind::Min => "minimum",
         }
     }
 
@@ -166,6 +172,8 @@ impl LayerOp for Elementwise {
             BinaryKind::Sub => a.broadcast_sub(&b),
             BinaryKind::Mul => a.broadcast_mul(&b),
             BinaryKind::Div => a.broadcast_div(&b),
+            BinaryKind::Max => a.broadcast_maximum(&b),
+            BinaryKind::Min => a.broadcast_minimum(&b),
         }
         .at_node(ctx.node)
     }

@@ -32,9 +32,20 @@ class HookHandle:
 class Model:
     """A model whose every node is an output. Pickles (graph + weights)."""
     @staticmethod
-    def load(spec: str, *, threads: int | None = None) -> Model:
-        """``model.onnx``, a directory written by ``save``, or ``zoo:NAME[=WEIGHTS]``.
-        ``threads``: else ``LAYERLENS_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the cores."""
+    def load(
+        spec: str,
+        *,
+        threads: int | None = None,
+        input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = None,
+        dims: dict[str, int] | None = None,
+        bind: dict[str, str] | None = None,
+    ) -> Model:
+        """``model.onnx``, a Keras ``.keras``/``.h5`` file, a directory written by ``save``,
+        or ``zoo:NAME[=WEIGHTS]``.
+        ``threads``: else ``LAYERLENS_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the cores.
+        ``input_shape``/``dims``: sizes an ONNX file leaves symbolic (``--input-shape``, ``--dim``).
+        ``bind``: Keras Lambda layer -> layerlens Lambda, e.g.
+        ``{"spatial_mean": 'mean({"axes": [2, 3]})'}`` (``--bind``)."""
     @property
     def name(self) -> str: ...
     @property

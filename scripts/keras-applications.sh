@@ -5,7 +5,8 @@
 # InceptionV3 and ConvNeXtTiny with seeded weights into
 # ${LAYERLENS_CACHE:-~/.cache/layerlens}/keras-applications (reference env of
 # scripts/setup-reference-env.sh), then runs the ignored Rust test that imports
-# each .keras file and compares every layer with Keras' float64 result.
+# each .keras file and compares every layer with Keras' float64 result, and
+# the CLI test that extracts VGG16's block3_conv3 from a PNG.
 #   scripts/keras-applications.sh [NAME ...]     (default: all eight)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +20,7 @@ names=("$@")
 (cd crates/layerlens-keras/tests/fixtures && "$py" gen_applications.py "$out" "${names[@]}")
 LAYERLENS_KERAS_APPS="$out" LAYERLENS_KERAS_APPS_ONLY="$(IFS=,; echo "${names[*]}")" \
     cargo test --release -p layerlens-keras --test keras_applications -- --ignored --nocapture
+# The acceptance command of issue 16 through the CLI (VGG16, block3_conv3, a PNG).
+if [[ " ${names[*]} " == *" vgg16 "* ]]; then
+    LAYERLENS_KERAS_APPS="$out" cargo test --release -p layerlens-cli --test keras -- --ignored --nocapture
+fi

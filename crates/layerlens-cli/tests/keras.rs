@@ -38,6 +38,15 @@ fn summary_and_extract_take_the_fer_keras_model_by_keras_names() {
     ] {
         assert!(text.contains(name), "summary lacks {name}:\n{text}");
     }
+    // Keras-style shapes beside layerlens' NCHW ones: fer's first conv is
+    // (None, 62, 62, 8) in Keras, (N, 8, 62, 62) here.
+    let row = text.lines().find(|l| l.starts_with("conv2d_1 ")).unwrap();
+    assert!(
+        text.contains("Keras shape")
+            && row.contains("(N, 8, 62, 62)")
+            && row.contains("(None, 62, 62, 8)"),
+        "{row}"
+    );
     let dir = std::env::temp_dir().join(format!("llk-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let img = cache().join("assets/chelsea.png");
@@ -222,5 +231,45 @@ fn bind_gives_a_keras_lambda_a_layerlens_op() {
         r#"x=mean({"axes":[2,3]})"#,
     ]);
     one_line_error(&o, &["not a Keras model"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue 16's acceptance as written, on the generated full-size VGG16
+/// (`scripts/keras-applications.sh` generates it and runs this test):
+/// `layerlens extract vgg16.keras --input vgg16_input.png --preprocess caffe
+/// --layers block3_conv3` gives Keras' `block3_conv3`.
+#[test]
+#[ignore = "needs the generated models: scripts/keras-applications.sh"]
+fn extract_block3_conv3_of_keras_vgg16_matches_keras() {
+    let apps = std::env::var_os("LAYERLENS_KERAS_APPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache().join("keras-applications"));
+    let dir = common::scratch("keras-vgg16");
+    let out = dir.join("f.safetensors");
+    let o = common::layerlens(&[
+        "extract",
+        common::s(&apps.join("vgg16.keras")),
+        "--input",
+        common::s(&apps.join("vgg16_input.png")),
+        "--preprocess",
+        "caffe",
+        "--layers",
+        "block3_conv3",
+        "--out",
+        common::s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let refs = load(&apps.join("vgg16_ref.safetensors"));
+    let want = nhwc_to_nchw(&refs["block3_conv3"]).unwrap();
+    let keras_f32 = refs["f32_error:block3_conv3"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
+    let d = max_abs_diff(&load(&out)["block3_conv3"], &want);
+    println!(
+        "vgg16 block3_conv3 through the CLI: max |diff| {d:e} (Keras float32's own: {keras_f32:e})"
+    );
+    assert!(d <= 1e-5 + 2.0 * keras_f32, "|diff| {d}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -35,6 +35,32 @@ pub struct Summary {
     pub trainable: usize,
     /// Parameters that training leaves alone (buffers, constants, frozen layers).
     pub non_trainable: usize,
+    /// Also print each shape as Keras gives it (`(None, H, W, C)` for a map):
+    /// set for models imported from Keras files, see [`Summary::with_keras_shapes`].
+    pub keras_shapes: bool,
+}
+
+impl Summary {
+    /// Adds a "Keras shape" column: channel-last `(None, H, W, C)` for maps,
+    /// `(None, …)` otherwise, as Keras' `model.summary()` prints them.
+    pub fn with_keras_shapes(mut self) -> Self {
+        self.keras_shapes = true;
+        self
+    }
+}
+
+/// A per-sample shape as Keras prints it: the batch as `None`, maps channel-last.
+pub fn keras_shape(s: &Shape) -> String {
+    let d = s.dims();
+    let dims: Vec<usize> = match d {
+        [c, h, w] => vec![*h, *w, *c],
+        _ => d.to_vec(),
+    };
+    let mut out = String::from("(None");
+    for v in dims {
+        out += &format!(", {v}");
+    }
+    out + ")"
 }
 
 impl Model {
@@ -83,6 +109,7 @@ impl Model {
             rows,
             trainable,
             non_trainable,
+            keras_shapes: false,
         }
     }
 }
@@ -101,21 +128,30 @@ fn thousands(n: u64) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let head = ["Node (op)", "Output shape", "Param #", "MACs", "Inputs"];
-        let cells: Vec<[String; 5]> = self
+        let mut head = vec!["Node (op)", "Output shape"];
+        if self.keras_shapes {
+            head.push("Keras shape");
+        }
+        head.extend(["Param #", "MACs", "Inputs"]);
+        // Param # and MACs are right-aligned; the last column is not padded.
+        let right = |i: usize| i + 3 == head.len() || i + 2 == head.len();
+        let cells: Vec<Vec<String>> = self
             .rows
             .iter()
             .map(|r| {
-                [
-                    format!("{} ({})", r.name, r.op),
-                    r.shape.to_string(),
+                let mut c = vec![format!("{} ({})", r.name, r.op), r.shape.to_string()];
+                if self.keras_shapes {
+                    c.push(keras_shape(&r.shape));
+                }
+                c.extend([
                     thousands(r.params as u64),
                     thousands(r.macs),
                     r.inputs.join(", "),
-                ]
+                ]);
+                c
             })
             .collect();
-        let mut w = head.map(str::len);
+        let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
         for c in &cells {
             for (i, s) in c.iter().enumerate() {
                 w[i] = w[i].max(s.chars().count());
@@ -125,19 +161,18 @@ impl fmt::Display for Summary {
         writeln!(f, "Model: \"{}\"", self.name)?;
         writeln!(f, "{}", "━".repeat(total))?;
         let line = |f: &mut fmt::Formatter<'_>, c: &[&str]| {
-            writeln!(
-                f,
-                "{:<a$}  {:<b$}  {:>c$}  {:>d$}  {}",
-                c[0],
-                c[1],
-                c[2],
-                c[3],
-                c[4],
-                a = w[0],
-                b = w[1],
-                c = w[2],
-                d = w[3]
-            )
+            let n = c.len();
+            let mut out = String::new();
+            for (i, s) in c.iter().enumerate() {
+                if i + 1 == n {
+                    out += s;
+                } else if right(i) {
+                    out += &format!("{s:>width$}  ", width = w[i]);
+                } else {
+                    out += &format!("{s:<width$}  ", width = w[i]);
+                }
+            }
+            writeln!(f, "{out}")
         };
         line(f, &head)?;
         writeln!(f, "{}", "━".repeat(total))?;

@@ -140,9 +140,16 @@ impl H5Read for PureH5 {
             Datatype::FloatingPoint { size: 8, .. } => d
                 .read_array::<f64>()
                 .map(|a| a.iter().map(|&v| v as f32).collect()),
+            // Counters stored beside weights (Normalization's `count`, int64).
+            Datatype::FixedPoint { size: 8, signed: true, .. } => d
+                .read_array::<i64>()
+                .map(|a| a.iter().map(|&v| v as f32).collect()),
+            Datatype::FixedPoint { size: 4, signed: true, .. } => d
+                .read_array::<i32>()
+                .map(|a| a.iter().map(|&v| v as f32).collect()),
             other => {
                 return Err(format!(
-                    "dataset '/{path}' has element type {other:?}; only float32 and float64 weights are supported"
+                    "dataset '/{path}' has element type {other:?}; only float32, float64, int32 and int64 weights are supported"
                 ))
             }
         }

@@ -296,3 +296,25 @@ def test_symbolic_onnx_sizes_are_given_like_the_cli():
         layerlens.Model.load(path, input_shape=(4, 24, 12))
     with pytest.raises(TypeError, match="input_shape"):
         layerlens.Model.load(path, input_shape="3,24,12")
+
+
+def test_keras_lambdas_are_bound_like_the_cli():
+    from conftest import ROOT
+
+    path = str(ROOT / "crates/layerlens-keras/tests/fixtures/lambda.keras")
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    unbound = layerlens.Model.load(path)
+    assert unbound.extract(x, ["before"])["before"].shape == (2, 4, 6, 6)
+    with pytest.raises(ValueError, match=r"spatial_mean.*--bind"):
+        unbound.extract(x, ["after"])
+    bound = layerlens.Model.load(path, bind={"spatial_mean": 'mean({"axes": [2, 3]})'})
+    before = bound.extract(x, ["before"])["before"]
+    after = bound.extract(x, ["after"])["after"]
+    assert after.shape == (2, 2)
+    # The bound Lambda is the spatial mean: "after" is a Dense on it.
+    dense_in = before.mean(axis=(2, 3))
+    assert np.allclose(bound.extract(x, ["spatial_mean"])["spatial_mean"], dense_in, atol=1e-6)
+    with pytest.raises(ValueError, match="not a Lambda layer"):
+        layerlens.Model.load(path, bind={"before": "flatten"})
+    with pytest.raises(ValueError, match="not a Keras model"):
+        layerlens.Model.load("zoo:seed_cnn", bind={"x": "flatten"})

@@ -1,4 +1,5 @@
-//! `layerlens summary`: every node with its op, shape, parameters and MACs.
+//! `layerlens summary`: every node with its op, shape (and, for Keras files, the
+//! channel-last shape Keras prints), parameters and MACs.
 
 use anyhow::Result;
 
@@ -31,7 +32,14 @@ pub fn run(a: &Args) -> Result<()> {
             return Ok(());
         }
     }
-    println!("{}", super::open_model(&a.model, &a.shapes, &[])?.summary());
+    let summary = super::open_model(&a.model, &a.shapes, &[])?.summary();
+    // A Keras user reads shapes channel-last, as model.summary() prints them.
+    let keras = layerlens::keras::detect(std::path::Path::new(&a.model)).is_some();
+    if keras {
+        println!("{}", summary.with_keras_shapes());
+    } else {
+        println!("{summary}");
+    }
     Ok(())
 }
 

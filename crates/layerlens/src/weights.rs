@@ -67,6 +67,12 @@ pub struct LoadReport {
     pub loaded: usize,
     /// State-dict keys that were skipped on purpose (`num_batches_tracked`).
     pub ignored: Vec<String>,
+    /// Model parameters the state dict lacks, left as they were (only with
+    /// `strict = false`; a strict load refuses them).
+    pub missing: Vec<String>,
+    /// State-dict keys the model has no parameter for, not used (only with
+    /// `strict = false`).
+    pub unexpected: Vec<String>,
 }
 
 /// Copies a state dict into `model`'s parameters (shared storage, so sub-models
@@ -78,6 +84,20 @@ pub fn load_state_dict(
     model: &Model,
     dict: &BTreeMap<String, Tensor>,
     source: &str,
+) -> Result<LoadReport> {
+    load_state_dict_with(model, dict, source, true)
+}
+
+/// [`load_state_dict`], or with `strict = false` like PyTorch's
+/// `load_state_dict(strict=False)`: the keys both sides have are loaded, and the
+/// missing and unexpected keys are returned in the [`LoadReport`] instead of
+/// refused (a backbone's weights into a model with a new head). A key present
+/// on both sides with different shapes is refused either way, changing nothing.
+pub fn load_state_dict_with(
+    model: &Model,
+    dict: &BTreeMap<String, Tensor>,
+    source: &str,
+    strict: bool,
 ) -> Result<LoadReport> {
     let mut missing = Vec::new();
     let mut wrong = Vec::new();
@@ -104,6 +124,12 @@ pub fn load_state_dict(
             unexpected.push(k.clone());
         }
     }
+    if !strict && wrong.is_empty() {
+        report.missing = missing.clone();
+        report.unexpected = unexpected.clone();
+        missing.clear();
+        unexpected.clear();
+    }
     if !(missing.is_empty() && unexpected.is_empty() && wrong.is_empty()) {
         let list = |v: &[String]| {
             if v.is_empty() {
@@ -128,7 +154,7 @@ pub fn load_state_dict(
             model.params().set(k, t)?;
             report.loaded += 1;
         } else {
-            debug_assert_eq!(p.kind, layerlens_core::params::ParamKind::Constant);
+            debug_assert!(!strict || p.kind == layerlens_core::params::ParamKind::Constant);
         }
     }
     Ok(report)
@@ -193,6 +219,78 @@ mod tests {
             before,
             "nothing changed"
         );
+    }
+
+    #[test]
+    fn a_non_strict_load_fills_what_matches_and_reports_the_rest() {
+        let m = crate::zoo::seed_cnn(false).unwrap();
+        let before = m
+            .params()
+            .tensor("dense.bias")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // A backbone's weights: everything but the head, plus a key the model lacks.
+        let mut dict: BTreeMap<String, Tensor> = m
+            .params()
+            .iter()
+            .map(|(k, p)| (k.to_string(), (p.var.as_detached_tensor() + 1.0).unwrap()))
+            .collect();
+        let old_conv = m
+            .params()
+            .tensor("conv2d.bias")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        dict.remove("dense.weight");
+        dict.remove("dense.bias");
+        dict.insert(
+            "fc.weight".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+        assert!(
+            load_state_dict(&m, &dict, "w.pth").is_err(),
+            "strict refuses"
+        );
+        let r = load_state_dict_with(&m, &dict, "w.pth", false).unwrap();
+        assert_eq!(r.loaded, 4);
+        assert_eq!(r.missing, ["dense.bias", "dense.weight"]);
+        assert_eq!(r.unexpected, ["fc.weight"]);
+        let conv = m
+            .params()
+            .tensor("conv2d.bias")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            conv.iter()
+                .zip(&old_conv)
+                .all(|(a, b)| (a - b - 1.0).abs() < 1e-6),
+            "loaded"
+        );
+        let head = m
+            .params()
+            .tensor("dense.bias")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(head, before, "missing keys keep their values");
+        // A shape mismatch is refused even when not strict, changing nothing.
+        dict.insert(
+            "conv2d.bias".into(),
+            Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+        );
+        let e = load_state_dict_with(&m, &dict, "w.pth", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("wrong shapes: conv2d.bias"), "{e}");
+        let conv2 = m
+            .params()
+            .tensor("conv2d.bias")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(conv2, conv, "nothing changed");
     }
 
     #[test]

@@ -15,13 +15,19 @@ use std::ops::{Add, Mul};
 /// One term of a loss.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Term {
-    /// Mean softmax cross-entropy of logits against class labels (PyTorch `F.cross_entropy`).
+    /// Mean softmax cross-entropy of logits against class labels (PyTorch
+    /// `F.cross_entropy`), or against one-hot / soft targets `(N, classes)` given
+    /// as [`Targets::values`] when the batch has no labels: `-Σ t·log_softmax(x)`
+    /// (PyTorch's probability targets, Keras' `from_logits=True`).
     CrossEntropy {
         /// The logits node.
         node: String,
     },
     /// Mean categorical cross-entropy of probabilities against class labels, with
-    /// Keras' clipping of probabilities to `[1e-7, 1 - 1e-7]`.
+    /// Keras' clipping of probabilities to `[1e-7, 1 - 1e-7]`; or against one-hot /
+    /// soft targets `(N, classes)` given as [`Targets::values`] when the batch has
+    /// no labels (Keras' `categorical_crossentropy(y_true, y_pred)` on one-hot
+    /// `y_true`): `-Σ t·log(clip(p))`.
     CategoricalCrossEntropy {
         /// The probabilities node (after softmax).
         node: String,
@@ -78,7 +84,8 @@ impl Term {
 pub struct Targets<'a> {
     /// Class labels `(B,)` (u32).
     pub labels: Option<&'a Tensor>,
-    /// Regression targets, same shape as the prediction.
+    /// Regression targets, same shape as the prediction; without `labels`, also
+    /// the one-hot or soft class targets of the cross-entropies.
     pub values: Option<&'a Tensor>,
 }
 
@@ -181,9 +188,41 @@ fn labels_for<'a>(term: &Term, x: &Tensor, targets: Targets<'a>) -> Result<&'a T
     Ok(y)
 }
 
+/// One-hot or soft targets `(N, classes)` matching the predictions, used when
+/// the batch has no labels.
+fn soft_targets<'a>(term: &Term, x: &Tensor, targets: Targets<'a>) -> Result<Option<&'a Tensor>> {
+    match (targets.labels, targets.values) {
+        (None, Some(t)) => {
+            if x.rank() != 2 || t.dims() != x.dims() {
+                return Err(Error::shape(
+                    term.node(),
+                    format!(
+                        "{} expects (N, classes) predictions and targets of the same shape, got {:?} and {:?}",
+                        term.label(),
+                        x.dims(),
+                        t.dims()
+                    ),
+                ));
+            }
+            Ok(Some(t))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn term_value(term: &Term, x: &Tensor, targets: Targets) -> Result<Tensor> {
     let batch = x.dim(0)? as f64;
     Ok(match term {
+        Term::CrossEntropy { .. } if soft_targets(term, x, targets)?.is_some() => {
+            let t = soft_targets(term, x, targets)?.expect("checked");
+            let logp = candle_nn_log_softmax(x)?;
+            ((t * logp)?.sum(1)?.neg()?.mean_all())?
+        }
+        Term::CategoricalCrossEntropy { .. } if soft_targets(term, x, targets)?.is_some() => {
+            let t = soft_targets(term, x, targets)?.expect("checked");
+            let p = x.clamp(1e-7f32, 1.0 - 1e-7f32)?;
+            ((t * p.log()?)?.sum(1)?.neg()?.mean_all())?
+        }
         Term::CrossEntropy { .. } => {
             let y = labels_for(term, x, targets)?;
             let logp = candle_core::Tensor::log_sum_exp(x, D::Minus1)?;
@@ -217,6 +256,12 @@ fn term_value(term: &Term, x: &Tensor, targets: Targets) -> Result<Tensor> {
     })
 }
 
+/// `log_softmax` over the last axis, stable: `x - logsumexp(x)`.
+fn candle_nn_log_softmax(x: &Tensor) -> Result<Tensor> {
+    let lse = Tensor::log_sum_exp(x, D::Minus1)?.unsqueeze(1)?;
+    Ok(x.broadcast_sub(&lse)?)
+}
+
 impl Add for Loss {
     type Output = Loss;
     fn add(mut self, rhs: Loss) -> Loss {
@@ -232,5 +277,88 @@ impl Mul<Loss> for f64 {
             *w *= self;
         }
         rhs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn value(term: &Term, x: &Tensor, targets: Targets) -> f32 {
+        term_value(term, x, targets)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// One-hot targets give exactly the label form; soft targets the definition.
+    #[test]
+    fn one_hot_and_soft_targets_match_the_label_form_and_the_definition() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[2.0f32, -1.0, 0.5], [0.1, 0.2, 3.0]], &dev).unwrap();
+        let probs = candle_core::Tensor::exp(&candle_nn_log_softmax(&logits).unwrap()).unwrap();
+        let labels = Tensor::new(&[0u32, 2], &dev).unwrap();
+        let one_hot = Tensor::new(&[[1.0f32, 0.0, 0.0], [0.0, 0.0, 1.0]], &dev).unwrap();
+        let soft = Tensor::new(&[[0.7f32, 0.2, 0.1], [0.0, 0.5, 0.5]], &dev).unwrap();
+        let by_labels = Targets {
+            labels: Some(&labels),
+            values: None,
+        };
+        let by_one_hot = Targets {
+            labels: None,
+            values: Some(&one_hot),
+        };
+        let by_soft = Targets {
+            labels: None,
+            values: Some(&soft),
+        };
+        for (term, x) in [
+            (Term::CrossEntropy { node: "fc".into() }, &logits),
+            (
+                Term::CategoricalCrossEntropy {
+                    node: "probs".into(),
+                },
+                &probs,
+            ),
+        ] {
+            let a = value(&term, x, by_labels);
+            let b = value(&term, x, by_one_hot);
+            assert!((a - b).abs() < 1e-6, "{term:?}: {a} vs {b}");
+            // -mean over rows of sum t * log softmax, in f64 by hand.
+            let l: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+            let t: Vec<Vec<f32>> = soft.to_vec2().unwrap();
+            let mut want = 0f64;
+            for (row, tr) in l.iter().zip(&t) {
+                let lse = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+                want -= row
+                    .iter()
+                    .zip(tr)
+                    .map(|(&v, &w)| w as f64 * (v as f64 - lse))
+                    .sum::<f64>();
+            }
+            want /= 2.0;
+            let got = value(&term, x, by_soft);
+            assert!(
+                (got as f64 - want).abs() < 1e-5,
+                "{term:?}: {got} vs {want}"
+            );
+        }
+        // Targets of the wrong shape: a shape error naming the term.
+        let bad = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
+        let e = term_value(
+            &Term::CrossEntropy { node: "fc".into() },
+            &logits,
+            Targets {
+                labels: None,
+                values: Some(&bad),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cross_entropy(fc)") && e.contains("[2, 4]"),
+            "{e}"
+        );
     }
 }

@@ -95,7 +95,26 @@ pub fn resnet18(num_classes: usize) -> Result<Model> {
 /// VGG16 with Keras' layer names (`keras.applications.VGG16`), 224×224×3 input.
 /// Without the top, the output is `block5_pool`.
 pub fn vgg16(include_top: bool, num_classes: usize) -> Result<Model> {
-    let mut s = Sequential::new("vgg16", [3, 224, 224]);
+    vgg16_sized(include_top, num_classes, [224, 224])
+}
+
+/// [`vgg16`] for a `[height, width]` input, as Keras' `VGG16(input_shape=...)`:
+/// without the top any size from 32×32 up (block5_pool is `(512, h/32, w/32)`);
+/// with it only 224×224, whose Flatten the fully connected layers expect.
+pub fn vgg16_sized(include_top: bool, num_classes: usize, [h, w]: [usize; 2]) -> Result<Model> {
+    if include_top && [h, w] != [224, 224] {
+        return Err(layerlens_core::Error::invalid(
+            "vgg16",
+            format!("with its top VGG16 takes 224x224 inputs, not {h}x{w} (without it, any size from 32x32)"),
+        ));
+    }
+    if h < 32 || w < 32 {
+        return Err(layerlens_core::Error::invalid(
+            "vgg16",
+            format!("VGG16 needs inputs of at least 32x32, not {h}x{w}"),
+        ));
+    }
+    let mut s = Sequential::new("vgg16", [3, h, w]);
     for (b, (convs, filters)) in [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)]
         .into_iter()
         .enumerate()
@@ -243,5 +262,29 @@ mod tests {
         assert_eq!(shape(&e, "_blocks.15"), Shape::new([320, 7, 7]));
         assert_eq!(shape(&e, "_conv_stem"), Shape::new([32, 112, 112]));
         assert!(e.params().contains("_blocks.3._depthwise_conv.weight"));
+    }
+}
+
+#[cfg(test)]
+mod vgg16_sizes {
+    #[test]
+    fn vgg16_without_top_takes_any_size_from_32() {
+        let m = super::vgg16_sized(false, 1000, [64, 96]).unwrap();
+        let x = layerlens_core::candle_core::Tensor::zeros(
+            (1, 3, 64, 96),
+            layerlens_core::candle_core::DType::F32,
+            &layerlens_core::candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let out = m.extract(&x, &["block5_pool"]).unwrap();
+        assert_eq!(out.get("block5_pool").unwrap().dims(), [1, 512, 2, 3]);
+        let e = super::vgg16_sized(false, 1000, [31, 64])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 32x32"), "{e}");
+        let e = super::vgg16_sized(true, 1000, [64, 64])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("224x224"), "{e}");
     }
 }

@@ -123,7 +123,7 @@ function watch(page, label, problems) {
 
 async function main() {
   // The server refuses to listen beyond loopback unless asked.
-  const refused = spawnSync(BIN, ['explore', MODEL, '--input', INPUTS[0], '--bind', '0.0.0.0'], { encoding: 'utf8' });
+  const refused = spawnSync(BIN, ['explore', MODEL, '--input', INPUTS[0], '--host', '0.0.0.0'], { encoding: 'utf8' });
   assert.notEqual(refused.status, 0, 'binding 0.0.0.0 without --allow-remote must fail');
   assert.match(refused.stderr, /refusing to bind 0\.0\.0\.0.*--allow-remote/);
   assert.equal(refused.stderr.trim().split('\n').length, 1, `one line: ${refused.stderr}`);

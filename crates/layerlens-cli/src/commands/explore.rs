@@ -29,9 +29,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     /// Address to listen on; anything but loopback also needs --allow-remote.
+    /// (`--bind` is taken by every MODEL command: it binds Keras Lambda layers.)
     #[arg(long, default_value = "127.0.0.1")]
-    pub bind: IpAddr,
-    /// Serve on a non-loopback --bind address (the explorer has no authentication).
+    pub host: IpAddr,
+    /// Serve on a non-loopback --host address (the explorer has no authentication).
     #[arg(long)]
     pub allow_remote: bool,
     /// Write the page with its answers to this HTML file instead of serving it.
@@ -102,7 +103,7 @@ pub fn run(a: &Args) -> Result<()> {
     if a.static_out.is_none() && a.nodes.is_some() {
         bail!("--nodes chooses what a --static export holds; the live explorer shows every node");
     }
-    let addr = SocketAddr::new(a.bind, a.port);
+    let addr = SocketAddr::new(a.host, a.port);
     if a.static_out.is_none() {
         // Before the model loads: a refused address is said at once.
         layerlens_explorer::server::check_bind(addr, a.allow_remote)?;

@@ -44,7 +44,7 @@ pub fn run(a: &Args) -> Result<()> {
         preprocess: a.preprocess.clone(),
         labels: a.labels.clone(),
         port: 0,
-        bind: std::net::IpAddr::from([127, 0, 0, 1]),
+        host: std::net::IpAddr::from([127, 0, 0, 1]),
         allow_remote: false,
         static_out: Some(a.out.clone()),
         nodes: a.layers.clone(),

@@ -172,15 +172,21 @@ mod tests {
     use super::*;
     use layerlens_core::candle_core::DType;
 
+    /// A parameter's values, flattened.
+    fn values(m: &Model, key: &str) -> Vec<f32> {
+        m.params()
+            .tensor(key)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn mismatches_list_missing_unexpected_and_wrong_shapes_and_change_nothing() {
         let m = crate::zoo::seed_cnn(false).unwrap();
-        let before = m
-            .params()
-            .tensor("dense.bias")
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let before = values(&m, "dense.bias");
         let mut dict: BTreeMap<String, Tensor> = m
             .params()
             .iter()
@@ -210,38 +216,20 @@ mod tests {
             "w.pth: state dict does not fit model 'seed_cnn': missing keys: conv2d.bias; unexpected keys: head.weight; \
              wrong shapes: conv2d_1.weight: file [64, 32, 5, 5], model [64, 32, 3, 3]"
         );
-        assert_eq!(
-            m.params()
-                .tensor("dense.bias")
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            before,
-            "nothing changed"
-        );
+        assert_eq!(values(&m, "dense.bias"), before, "nothing changed");
     }
 
     #[test]
     fn a_non_strict_load_fills_what_matches_and_reports_the_rest() {
         let m = crate::zoo::seed_cnn(false).unwrap();
-        let before = m
-            .params()
-            .tensor("dense.bias")
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let before = values(&m, "dense.bias");
         // A backbone's weights: everything but the head, plus a key the model lacks.
         let mut dict: BTreeMap<String, Tensor> = m
             .params()
             .iter()
             .map(|(k, p)| (k.to_string(), (p.var.as_detached_tensor() + 1.0).unwrap()))
             .collect();
-        let old_conv = m
-            .params()
-            .tensor("conv2d.bias")
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let old_conv = values(&m, "conv2d.bias");
         dict.remove("dense.weight");
         dict.remove("dense.bias");
         dict.insert(
@@ -256,24 +244,14 @@ mod tests {
         assert_eq!(r.loaded, 4);
         assert_eq!(r.missing, ["dense.bias", "dense.weight"]);
         assert_eq!(r.unexpected, ["fc.weight"]);
-        let conv = m
-            .params()
-            .tensor("conv2d.bias")
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let conv = values(&m, "conv2d.bias");
         assert!(
             conv.iter()
                 .zip(&old_conv)
                 .all(|(a, b)| (a - b - 1.0).abs() < 1e-6),
             "loaded"
         );
-        let head = m
-            .params()
-            .tensor("dense.bias")
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let head = values(&m, "dense.bias");
         assert_eq!(head, before, "missing keys keep their values");
         // A shape mismatch is refused even when not strict, changing nothing.
         dict.insert(
@@ -284,12 +262,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("wrong shapes: conv2d.bias"), "{e}");
-        let conv2 = m
-            .params()
-            .tensor("conv2d.bias")
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let conv2 = values(&m, "conv2d.bias");
         assert_eq!(conv2, conv, "nothing changed");
     }
 

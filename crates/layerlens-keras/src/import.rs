@@ -742,7 +742,18 @@ impl Importer<'_> {
                     return Err(bad(&l.name, "output_padding is not supported (None is)"));
                 }
                 let (k, st, d) = (k[0], st[0], d[0]);
-                let ek = (k - 1) * d + 1;
+                // The effective kernel extent, checked: a file may say 0 or 2^60.
+                let ek = k
+                    .checked_sub(1)
+                    .filter(|_| st > 0 && d > 0)
+                    .and_then(|k1| k1.checked_mul(d))
+                    .and_then(|v| v.checked_add(1))
+                    .ok_or_else(|| {
+                        bad(
+                            &l.name,
+                            format!("kernel {k}, strides {st}, dilation {d}: each must be positive (and their extent representable)"),
+                        )
+                    })?;
                 // Keras' output length (deconv_output_length): `in * s` for "same",
                 // `in * s + max(ek - s, 0)` for "valid". The full transposed
                 // convolution is `(in - 1) * s + ek` long: when that is shorter the

@@ -121,3 +121,54 @@ fn truncated_and_corrupt_files_give_one_line_errors() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A Conv2DTranspose whose config says kernel 0 or a dilation that overflows is
+/// refused naming the layer, never a panic (the file is what the user brings).
+#[test]
+fn a_transposed_convolution_with_impossible_geometry_is_refused() {
+    use std::io::{Read, Write};
+    let bytes = std::fs::read(fixture("layers.keras")).unwrap();
+    let mut zin = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    for (from, to) in [
+        (r#""kernel_size": [3, 3]"#, r#""kernel_size": [0, 0]"#),
+        (
+            r#""dilation_rate": [2, 2]"#,
+            r#""dilation_rate": [18446744073709551615, 18446744073709551615]"#,
+        ),
+    ] {
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for i in 0..zin.len() {
+            let mut f = zin.by_index(i).unwrap();
+            let name = f.name().unwrap().to_string();
+            let mut data = Vec::new();
+            f.read_to_end(&mut data).unwrap();
+            if name == "config.json" {
+                // Only the transposed convolutions' configs: from "deconv_same" /
+                // "deconv_dilated" up to the next layer.
+                let text = String::from_utf8(data).unwrap();
+                let key = if from.contains("kernel") {
+                    "\"deconv_same\""
+                } else {
+                    "\"deconv_dilated\""
+                };
+                let at = text.find(key).unwrap();
+                let end = at + text[at..].find("\"inbound_nodes\"").unwrap();
+                let patched = text[at..end].replacen(from, to, 1);
+                assert_ne!(patched, text[at..end], "{from} not in {key}'s config");
+                data = format!("{}{}{}", &text[..at], patched, &text[end..]).into_bytes();
+            }
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            out.start_file(name, opts).unwrap();
+            out.write_all(&data).unwrap();
+        }
+        let patched = out.finish().unwrap().into_inner();
+        let e = layerlens_keras::import_bytes(&patched, "bad.keras", &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("deconv_") && e.contains("must be positive"),
+            "{e}"
+        );
+    }
+}

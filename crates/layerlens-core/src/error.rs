@@ -83,6 +83,15 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    /// A download that failed or did not verify, with its URL.
+    #[error("{url}: {message}")]
+    Download {
+        /// What was fetched.
+        url: String,
+        /// What went wrong, and what to do about it.
+        message: String,
+    },
+
     /// An I/O failure, with the path.
     #[error("{path}: {source}")]
     Io {

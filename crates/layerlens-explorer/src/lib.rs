@@ -89,16 +89,11 @@ pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
     Ok(labels)
 }
 
-/// The preprocessing a zoo model was trained with (`efficientnet-lite` for
-/// EfficientNet-Lite0, `imagenet` for ResNet-18 and VGG16), `unit` otherwise.
+/// The preprocessing a zoo model's weights were trained with
+/// ([`layerlens::spec::default_preprocess`]: `caffe` for Keras' VGG16
+/// `=imagenet`, `efficientnet-lite`, `imagenet`), `unit` otherwise.
 pub fn default_preprocess(spec: &str) -> &'static str {
-    let name = spec.strip_prefix("zoo:").unwrap_or("");
-    let name = name.split_once('=').map_or(name, |(n, _)| n);
-    match name {
-        "efficientnet_lite0" => "efficientnet-lite",
-        "resnet18" | "vgg16" | "vgg16_notop" => "imagenet",
-        _ => "unit",
-    }
+    layerlens::spec::default_preprocess(spec).unwrap_or("unit")
 }
 
 #[cfg(test)]
@@ -116,6 +111,7 @@ mod tests {
             "efficientnet-lite"
         );
         assert_eq!(default_preprocess("zoo:resnet18"), "imagenet");
+        assert_eq!(default_preprocess("zoo:vgg16=imagenet"), "caffe");
         assert_eq!(default_preprocess("m.onnx"), "unit");
     }
 

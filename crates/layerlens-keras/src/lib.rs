@@ -13,11 +13,13 @@
 
 mod h5;
 mod import;
+mod into_model;
 pub mod lambda;
 pub mod layout;
 mod source;
 
 pub use import::{activation_by_name, ImportOptions, SUPPORTED_LAYERS};
+pub use into_model::state_dict_for;
 pub use source::{detect, KerasFormat};
 
 use layerlens_core::{Error, Model, Result};

@@ -15,7 +15,9 @@ use layerlens::prelude::*;
 use layerlens::spec::{self, Apply, Preset};
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyConnectionError, PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
@@ -38,6 +40,7 @@ fn to_py(e: layerlens::Error) -> PyErr {
             PyFileNotFoundError::new_err(e.to_string())
         }
         layerlens::Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        layerlens::Error::Download { .. } => PyConnectionError::new_err(e.to_string()),
         _ => LayerlensError::new_err(e.to_string()),
     }
 }

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod extract;
+pub mod hub;
 mod nonfinite;
 pub mod npy;
 pub mod preprocess;

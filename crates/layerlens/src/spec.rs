@@ -37,7 +37,8 @@ pub fn random_weights_warning(spec: &str) -> Option<String> {
     }
     Some(format!(
         "{spec} has random weights (no =WEIGHTS given), so its predictions mean nothing; \
-         give {spec}=WEIGHTS.pth (or .safetensors), or {spec}=random to say that is meant"
+         give {spec}=imagenet (published weights, downloaded once), {spec}=WEIGHTS.pth \
+         (or .safetensors, a Keras .h5), or {spec}=random to say that is meant"
     ))
 }
 
@@ -227,7 +228,7 @@ pub fn open_model_with(spec: &str, shapes: &OpenOptions) -> Result<Model> {
             }
         };
         if let Some(w) = weights.filter(|&w| w != "random") {
-            crate::weights::load_weights(&model, w)?;
+            crate::weights::load_weights(&model, weights_path(name, w)?)?;
         }
         return Ok(model);
     }
@@ -256,6 +257,42 @@ pub fn open_model_with(spec: &str, shapes: &OpenOptions) -> Result<Model> {
         });
     }
     Model::load(path, &Device::Cpu)
+}
+
+/// The file `zoo:NAME=WEIGHTS` loads: a published name (`imagenet`, fetched
+/// into the [`crate::hub`] cache on first use), else a path. A bare word that
+/// is neither is refused with the names the model has.
+pub fn weights_path(model: &str, weights: &str) -> Result<std::path::PathBuf> {
+    let path = Path::new(weights);
+    let bare_word = !weights.is_empty()
+        && weights
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if path.exists() || !bare_word {
+        return Ok(path.to_path_buf());
+    }
+    let published = crate::hub::find(model, weights)?;
+    crate::hub::Hub::from_env().fetch(published)
+}
+
+/// The preprocessing a model spec's weights were trained with, when it is
+/// known: `zoo:vgg16=imagenet` (Keras' weights) wants `caffe`,
+/// `zoo:resnet18=...` `imagenet`, `zoo:efficientnet_lite0=...`
+/// `efficientnet-lite`; `None` for files and the seed CNN.
+pub fn default_preprocess(spec: &str) -> Option<&'static str> {
+    let rest = spec.strip_prefix("zoo:")?;
+    let (name, weights) = rest.split_once('=').unwrap_or((rest, ""));
+    if let Some(p) = crate::hub::PUBLISHED
+        .iter()
+        .find(|p| p.model == name && p.name == weights)
+    {
+        return Some(p.preprocess);
+    }
+    match name {
+        "efficientnet_lite0" => Some("efficientnet-lite"),
+        "resnet18" | "vgg16" | "vgg16_notop" => Some("imagenet"),
+        _ => None,
+    }
 }
 
 /// Splits a comma-separated layer list (`"conv2d*, dense"`) into selectors,

@@ -41,7 +41,7 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor
             Ok(pairs.into_iter().collect())
         }
         other => Err(bad(format!(
-            "unknown weights format '.{other}' (use .pth, .pt or .safetensors)"
+            "unknown weights format '.{other}' (use .pth, .pt, .safetensors or a Keras .h5)"
         ))),
     }
 }
@@ -160,10 +160,17 @@ pub fn load_state_dict_with(
     Ok(report)
 }
 
-/// [`read_state_dict`] then [`load_state_dict`].
+/// [`read_state_dict`] then [`load_state_dict`]; a Keras weights file
+/// (`.weights.h5`, a legacy weights `.h5` such as Keras' VGG16 ImageNet
+/// weights, or a full `.keras` / `.h5` model), told by its content, is
+/// converted by layer name with [`crate::keras::state_dict_for`] first.
 pub fn load_weights(model: &Model, path: impl AsRef<Path>) -> Result<LoadReport> {
     let path = path.as_ref();
-    let dict = read_state_dict(path)?;
+    let dict = if crate::keras::detect(path).is_some() {
+        crate::keras::state_dict_for(model, path)?
+    } else {
+        read_state_dict(path)?
+    };
     load_state_dict(model, &dict, &path.display().to_string())
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Long fuzzing runs, one target after the other, at the lowest priority:
-#   fuzz/campaign.sh SECONDS TARGET [TARGET...]
-# Each target runs for SECONDS (only on idle CPU: see the autogroup note below) (or until a crash) on fuzz/corpus/TARGET with
+#   [RUNS=N] fuzz/campaign.sh SECONDS TARGET [TARGET...]
+# Each target runs for SECONDS (only on idle CPU: see the autogroup note below),
+# or N executions when RUNS is set, whichever comes first (or until a crash), on fuzz/corpus/TARGET with
 # -rss_limit_mb=2048; its log goes to fuzz/logs/TARGET-DATE.log (git-ignored
 # with the corpus) and one summary line per target is printed: date,
 # executions, seconds, peak RSS, and the crash/OOM/timeout artifacts found
@@ -25,7 +26,7 @@ for t in "$@"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     before=$(ls "artifacts/$t" | wc -l)
     nice -n 19 cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
+        -max_total_time="$secs" ${RUNS:+-runs="$RUNS"} -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
     rc=$?
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' | tail -1)

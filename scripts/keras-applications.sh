@@ -6,7 +6,8 @@
 # ${LAYERLENS_CACHE:-~/.cache/layerlens}/keras-applications (reference env of
 # scripts/setup-reference-env.sh), then runs the ignored Rust test that imports
 # each .keras file and compares every layer with Keras' float64 result, and
-# the CLI test that extracts VGG16's block3_conv3 from a PNG.
+# the CLI test that extracts VGG16's block3_conv3 from a PNG, and the zoo's
+# VGG16 with that VGG16's weights (the path of zoo:vgg16=imagenet).
 #   scripts/keras-applications.sh [NAME ...]     (default: all eight)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,6 @@ LAYERLENS_KERAS_APPS="$out" LAYERLENS_KERAS_APPS_ONLY="$(IFS=,; echo "${names[*]
 # The acceptance command of issue 16 through the CLI (VGG16, block3_conv3, a PNG).
 if [[ " ${names[*]} " == *" vgg16 "* ]]; then
     LAYERLENS_KERAS_APPS="$out" cargo test --release -p layerlens-cli --test keras -- --ignored --nocapture
+    # Keras' VGG16 weights into the zoo's VGG16 (what zoo:vgg16=imagenet does).
+    LAYERLENS_KERAS_APPS="$out" cargo test --release -p layerlens --test keras_weights -- --ignored --nocapture
 fi

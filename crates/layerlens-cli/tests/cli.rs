@@ -204,3 +204,58 @@ fn zoo_models_without_their_weights_warn_on_every_run() {
         "the seed CNN has no pretrained weights to miss"
     );
 }
+
+#[test]
+fn published_weights_by_name_come_from_the_cache_and_offline_is_one_line() {
+    let dir = scratch("hub");
+    let run = |hub: &Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_layerlens"))
+            .args(args)
+            .env("LAYERLENS_HUB_DIR", hub)
+            .env("LAYERLENS_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let (empty, filled) = (dir.join("empty"), dir.join("filled"));
+    std::fs::create_dir_all(&filled).unwrap();
+    // What the offline error tells a user to do: put the verified file in the cache.
+    let lite = layerlens::hub::find("efficientnet_lite0", "imagenet").unwrap();
+    std::fs::copy(
+        common::asset("efficientnet-lite0.pth"),
+        filled.join(lite.file),
+    )
+    .unwrap();
+    let cam = dir.join("cam.png");
+    let cat = common::asset("chelsea.png");
+    let out = run(
+        &filled,
+        &[
+            "cam",
+            "zoo:efficientnet_lite0=imagenet",
+            "--input",
+            s(&cat),
+            "--layer",
+            "_relu1",
+            "--out",
+            s(&cam),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // `--preprocess auto` chose efficientnet-lite, so the real weights see a cat.
+    assert!(err.contains("cat)"), "{err}");
+    assert!(!err.contains("random weights"), "{err}");
+    assert!(cam.exists());
+
+    let out = run(&empty, &["summary", "zoo:resnet18=imagenet"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("error: https://download.pytorch.org/models/resnet18-f37072fd.pth: ")
+            && err.contains("LAYERLENS_OFFLINE is set"),
+        "{err}"
+    );
+    assert!(!empty.join("resnet18-f37072fd.pth").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

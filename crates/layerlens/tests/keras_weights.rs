@@ -160,3 +160,60 @@ fn keras_weights_that_do_not_fit_are_refused_by_name() {
         "{e}"
     );
 }
+
+/// The zoo's VGG16 with the weights of a real keras.applications VGG16 (seeded,
+/// written by scripts/keras-applications.sh, which runs this test): every layer
+/// against Keras' float64 result, within the tolerance of the Keras importer's
+/// own test (1e-5 + 1e-4·|Keras| + twice Keras' own float32 error there). This
+/// is the path `zoo:vgg16=imagenet` takes with Keras' published file.
+#[test]
+#[ignore = "needs the generated VGG16: scripts/keras-applications.sh vgg16"]
+fn zoo_vgg16_with_keras_vgg16_weights_matches_keras_at_every_layer() {
+    let dir = std::env::var_os("LAYERLENS_KERAS_APPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".cache/layerlens/keras-applications")
+        });
+    let refs: std::collections::BTreeMap<String, Tensor> =
+        layerlens::candle_core::safetensors::load(dir.join("vgg16_ref.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .collect();
+    let m = layerlens::zoo::vgg16(true, 1000).unwrap();
+    let report = layerlens::weights::load_weights(&m, dir.join("vgg16.keras")).unwrap();
+    assert_eq!(report.loaded, 32, "16 layers' kernels and biases");
+    let nhwc = layerlens::keras::layout::nhwc_to_nchw;
+    // Keras flattens channel-last, layerlens channel-first: the Flatten itself
+    // differs in order by design, so it is the one layer not compared.
+    let names: Vec<&str> = refs
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "input" && *k != "flatten" && !k.starts_with("f32_error:"))
+        .collect();
+    assert_eq!(names.len(), 21, "{names:?}");
+    let acts = m.extract(&nhwc(&refs["input"]).unwrap(), &names).unwrap();
+    for n in names {
+        let want = nhwc(&refs[n]).unwrap();
+        let keras_f32 = refs[&format!("f32_error:{n}")]
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let got = acts.get(n).unwrap();
+        let (g, w): (Vec<f32>, Vec<f32>) = (
+            got.flatten_all().unwrap().to_vec1().unwrap(),
+            want.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(got.dims(), want.dims(), "{n}");
+        let mut worst = 0f32;
+        for (a, b) in g.iter().zip(&w) {
+            let allowed = 1e-5 + 2.0 * keras_f32 + 1e-4 * b.abs();
+            assert!((a - b).abs() <= allowed, "{n}: layerlens {a} vs Keras {b}");
+            worst = worst.max((a - b).abs());
+        }
+        println!("{n}: max |diff| {worst:.2e} (Keras float32 {keras_f32:.2e})");
+    }
+}

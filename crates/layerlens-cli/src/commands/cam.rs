@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// Draws a class activation map over the input image.
 ///
 /// Example: layerlens cam zoo:efficientnet_lite0=lite0.pth --input cat.png --preprocess efficientnet-lite --layer _relu1 --method gradcam++ --out cam.png
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
@@ -28,7 +28,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
     /// Image preprocessing: unit, imagenet, efficientnet-lite, or Keras' caffe, tf, raw.
-    #[arg(long, default_value = "unit")]
+    /// `auto` (the default): what the zoo model's weights were trained with (`zoo:vgg16=imagenet`: caffe), else unit.
+    #[arg(long, default_value = "auto")]
     preprocess: String,
     /// Output PNG.
     #[arg(long)]
@@ -37,6 +38,10 @@ pub struct Args {
 
 /// Computes the map and writes the overlay.
 pub fn run(a: &Args) -> Result<()> {
+    let a = &Args {
+        preprocess: super::resolve_preprocess(&a.preprocess, &a.model),
+        ..a.clone()
+    };
     use layerlens::viz::cam::{cam, overlay, CamMethod, CamOptions};
     let model = super::open_model(&a.model, &a.shapes, std::slice::from_ref(&a.input))?;
     let (x, picture) =

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// Example: layerlens extract zoo:seed_cnn --input embedded:fashion-mnist-test --layers 'conv2d*' --apply mean --out feats.safetensors
 ///
 /// Example: layerlens extract model.onnx --input photos/ --layers 'layer*' --preprocess imagenet --out feats/ --shard 2/8 --resume
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
@@ -46,9 +46,10 @@ pub struct Args {
     #[arg(long)]
     apply: Option<String>,
     /// Preprocessing of image inputs: unit ([0, 1]), imagenet, efficientnet-lite, or Keras' caffe (VGG16, ResNet50), tf (x/127.5-1: MobileNet, Xception, Inception), raw (0..255: EfficientNet, ConvNeXt).
+    /// `auto` (the default): what the zoo model's weights were trained with (`zoo:vgg16=imagenet`: caffe), else unit.
     /// Images of the model's input size are used as they are; others are resized
     /// (and centre-cropped for square inputs).
-    #[arg(long, default_value = "unit")]
+    #[arg(long, default_value = "auto")]
     preprocess: String,
     /// safetensors, npy (.npz archives of .npy) or parquet (a path column and a
     /// list<float> column per layer). Default: from --out's extension, else safetensors.
@@ -78,6 +79,10 @@ pub struct Args {
 
 /// Runs the extraction.
 pub fn run(a: &Args) -> Result<()> {
+    let a = &Args {
+        preprocess: super::resolve_preprocess(&a.preprocess, &a.model),
+        ..a.clone()
+    };
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }

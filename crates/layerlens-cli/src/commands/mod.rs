@@ -69,6 +69,19 @@ fn open_model(spec: &str, shapes: &OpenArgs, inputs: &[String]) -> Result<Model>
     )?)
 }
 
+/// `--preprocess auto` as the preset `model`'s weights were trained with
+/// (`zoo:vgg16=imagenet`: Keras' caffe), `unit` for other models; any other
+/// value as given.
+fn resolve_preprocess(choice: &str, model: &str) -> String {
+    if choice == "auto" {
+        layerlens::spec::default_preprocess(model)
+            .unwrap_or("unit")
+            .to_string()
+    } else {
+        choice.to_string()
+    }
+}
+
 /// `--preprocess` parsed.
 fn preset(name: &str) -> Result<Preset> {
     Ok(Preset::parse(name)?)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// Draws the feature maps of one layer for one image as a PNG grid.
 ///
 /// Example: layerlens show zoo:efficientnet_lite0=lite0.pth --input cat.png --preprocess efficientnet-lite --layer _blocks.1 --top 16 --out grid.png
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
     model: String,
@@ -31,12 +31,17 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     norm: String,
     /// Image preprocessing: unit ([0, 1]), imagenet, efficientnet-lite, caffe, tf, raw.
-    #[arg(long, default_value = "unit")]
+    /// `auto` (the default): what the zoo model's weights were trained with (`zoo:vgg16=imagenet`: caffe), else unit.
+    #[arg(long, default_value = "auto")]
     preprocess: String,
 }
 
 /// Draws the grid.
 pub fn run(a: &Args) -> Result<()> {
+    let a = &Args {
+        preprocess: super::resolve_preprocess(&a.preprocess, &a.model),
+        ..a.clone()
+    };
     use layerlens::viz::grid::{feature_grid, save_png, GridOptions, Select};
     use layerlens::viz::{Colormap, Norm};
     let model = super::open_model(&a.model, &a.shapes, std::slice::from_ref(&a.input))?;

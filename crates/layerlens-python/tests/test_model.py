@@ -3,6 +3,7 @@ threads: bitwise equal), its errors, hooks, gradients, CAMs and pickling."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import threading
@@ -279,6 +280,28 @@ def test_zoo_models_without_their_weights_warn():
         warnings.simplefilter("error")
         layerlens.Model.load("zoo:resnet18=random")
         layerlens.Model.load("zoo:seed_cnn")
+
+
+def test_published_weights_by_name_from_the_cache(tmp_path, monkeypatch):
+    """`zoo:NAME=imagenet` reads the hub cache (LAYERLENS_HUB_DIR); offline,
+    a file not there is a ConnectionError (an OSError) that says where it goes."""
+    import shutil
+
+    cache = os.environ.get("LAYERLENS_CACHE", os.path.expanduser("~/.cache/layerlens"))
+    monkeypatch.setenv("LAYERLENS_HUB_DIR", str(tmp_path))
+    monkeypatch.setenv("LAYERLENS_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match="LAYERLENS_OFFLINE is set"):
+        layerlens.Model.load("zoo:efficientnet_lite0=imagenet")
+    shutil.copy(os.path.join(cache, "assets", "efficientnet-lite0.pth"),
+                tmp_path / "efficientnet-lite0-57934424.pth")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = layerlens.Model.load("zoo:efficientnet_lite0=imagenet")
+    ref = layerlens.Model.load("zoo:efficientnet_lite0=" + os.path.join(cache, "assets", "efficientnet-lite0.pth"))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_array_equal(m.extract(x, "_fc")["_fc"], ref.extract(x, "_fc")["_fc"])
 
 
 def test_symbolic_onnx_sizes_are_given_like_the_cli():

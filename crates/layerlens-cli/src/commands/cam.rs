@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// Draws a class activation map over the input image.
 ///
-/// Example: layerlens cam zoo:efficientnet_lite0=lite0.pth --input cat.png --preprocess efficientnet-lite --layer _relu1 --method gradcam++ --out cam.png
+/// Example: layerlens cam zoo:efficientnet_lite0=imagenet --input cat.png --layer _relu1 --method gradcam++ --out cam.png
 #[derive(clap::Args, Clone)]
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Draws the feature maps of one layer for one image as a PNG grid.
 ///
-/// Example: layerlens show zoo:efficientnet_lite0=lite0.pth --input cat.png --preprocess efficientnet-lite --layer _blocks.1 --top 16 --out grid.png
+/// Example: layerlens show zoo:efficientnet_lite0=imagenet --input cat.png --layer _blocks.1 --top 16 --out grid.png
 #[derive(clap::Args, Clone)]
 pub struct Args {
     /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].

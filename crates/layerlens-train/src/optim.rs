@@ -135,9 +135,11 @@ pub struct Adam {
     pub beta2: f64,
     /// Denominator epsilon.
     pub eps: f64,
-    /// Weight decay (L2 for Adam, decoupled for AdamW).
+    /// Weight decay (L2 for Adam, decoupled for AdamW and Keras' Adam).
     pub weight_decay: f64,
     decoupled: bool,
+    /// Keras' epsilon placement ([`Adam::keras`]) instead of PyTorch's.
+    keras_epsilon: bool,
     t: u64,
     m: HashMap<String, Tensor>,
     v: HashMap<String, Tensor>,
@@ -154,6 +156,7 @@ impl Adam {
             eps: 1e-8,
             weight_decay: 0.0,
             decoupled: false,
+            keras_epsilon: false,
             t: 0,
             m: HashMap::new(),
             v: HashMap::new(),
@@ -164,6 +167,20 @@ impl Adam {
         Adam {
             decoupled: true,
             weight_decay: 0.01,
+            ..Adam::new(params, lr)
+        }
+    }
+    /// `keras.optimizers.Adam` with its defaults (betas 0.9/0.999, epsilon
+    /// 1e-7). Keras adds epsilon to the *uncorrected* `sqrt(v)` and folds both
+    /// bias corrections into the step size, `lr·sqrt(1-β2^t)/(1-β1^t) · m /
+    /// (sqrt(v) + ε)`, where PyTorch divides by `sqrt(v̂) + ε`: the same
+    /// epsilon is effectively larger early on, which matters for small
+    /// gradients. `weight_decay` is Keras' decoupled decay (`var -= var·wd·lr`).
+    pub fn keras(params: &ParamStore, lr: f64) -> Self {
+        Adam {
+            eps: 1e-7,
+            decoupled: true,
+            keras_epsilon: true,
             ..Adam::new(params, lr)
         }
     }
@@ -200,9 +217,14 @@ impl Optimizer for Adam {
                 Some(v) => ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?,
                 None => (g.sqr()? * (1.0 - self.beta2))?,
             };
-            let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
-            let update = ((&m / bc1)? / denom)?;
-            var.set(&(p - (update * self.lr)?)?)?;
+            let update = if self.keras_epsilon {
+                let alpha = self.lr * bc2.sqrt() / bc1;
+                ((&m / (v.sqrt()? + self.eps)?)? * alpha)?
+            } else {
+                let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
+                (((&m / bc1)? / denom)? * self.lr)?
+            };
+            var.set(&(p - update)?)?;
             self.m.insert(key.clone(), m);
             self.v.insert(key.clone(), v);
         }

@@ -186,6 +186,43 @@ impl Model {
             .sum())
     }
 
+    /// Every frozen weight reference of the model's Lambdas as
+    /// `(snapshot key, source key)`, e.g. `("proj.frozen0", "conv2d.weight")`.
+    ///
+    /// A snapshot is taken when the Lambda node is built and then never follows
+    /// its source: weights loaded into the model afterwards (a state dict, a
+    /// Keras file) leave it stale until [`Model::refresh_frozen`] is called.
+    pub fn frozen_snapshots(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for node in self.graph.nodes() {
+            if let crate::ir::Op::Lambda(l) = &node.op {
+                for (i, w) in l.weights.iter().enumerate() {
+                    if w.mode == crate::lambda::RefMode::Frozen {
+                        out.push((
+                            crate::builder::functional_frozen_key(&node.name, i),
+                            w.key.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Copies each frozen snapshot's source parameter into the snapshot again, as
+    /// if the Lambdas were built now, and returns the snapshot keys refreshed.
+    /// Call it after loading weights into a model whose Lambdas hold
+    /// [`WeightRef::frozen`](crate::lambda::WeightRef::frozen) references.
+    pub fn refresh_frozen(&self) -> Result<Vec<String>> {
+        let mut refreshed = Vec::new();
+        for (snapshot, source) in self.frozen_snapshots() {
+            let value = self.params.get(&source)?.var.as_detached_tensor().copy()?;
+            self.params.set(&snapshot, &value)?;
+            refreshed.push(snapshot);
+        }
+        Ok(refreshed)
+    }
+
     /// A copy on `device` with its own parameter storage.
     pub fn to_device(&self, device: &Device) -> Result<Model> {
         Ok(Model {

@@ -226,6 +226,19 @@ fn frozen_references_are_snapshots_and_live_references_follow_the_parameter() {
         F32,
         "live uses the new element",
     );
+    // Refreshing takes the snapshot again from the current weight.
+    assert_eq!(
+        m.frozen_snapshots(),
+        vec![("frozen.frozen0".to_string(), "dense.weight".to_string())]
+    );
+    assert_eq!(m.refresh_frozen().unwrap(), vec!["frozen.frozen0"]);
+    let acts = m.extract(&xs, &["frozen", "live"]).unwrap();
+    assert_close(
+        acts.get("frozen").unwrap(),
+        acts.get("live").unwrap(),
+        F32,
+        "refreshed snapshot uses the new element",
+    );
 }
 
 #[test]

@@ -89,18 +89,63 @@ pub struct Targets<'a> {
     pub values: Option<&'a Tensor>,
 }
 
+/// How per-sample loss values become the loss: Keras' and PyTorch's `reduction`.
+///
+/// Every term has one value per sample (cross-entropies: the sample's; `mse` and
+/// `mean_square`: the mean over the sample's elements; activity regularisers: the
+/// sum over them), and the reduction acts over the samples. `Mean` is what
+/// [`Loss::compute`] did before reductions existed and what both frameworks
+/// default to; `Sum` is Keras' `reduction="sum"` and PyTorch's `reduction="sum"`
+/// for the cross-entropies (PyTorch's `mse_loss(reduction="sum")` sums every
+/// element instead: multiply by the elements per sample); `None` keeps one value per
+/// sample ([`Loss::per_sample`]), for weighting, hard-example mining or evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduction {
+    /// Mean over the samples (Keras' `"sum_over_batch_size"`, PyTorch's `"mean"`).
+    #[default]
+    Mean,
+    /// Sum over the samples.
+    Sum,
+    /// One value per sample; [`Loss::compute`] refuses it, use [`Loss::per_sample`].
+    None,
+}
+
+impl std::str::FromStr for Reduction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mean" | "sum_over_batch_size" => Ok(Reduction::Mean),
+            "sum" => Ok(Reduction::Sum),
+            "none" => Ok(Reduction::None),
+            other => Err(Error::invalid(
+                "loss",
+                format!("reduction '{other}': use mean, sum or none"),
+            )),
+        }
+    }
+}
+
 /// A weighted sum of [`Term`]s.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Loss {
-    /// `(weight, term)` pairs.
-    pub terms: Vec<(f64, Term)>,
+    /// `(weight, term, reduction)`: each term reduces its per-sample values
+    /// itself, so `ce + 0.1 * penalty.reduction(Reduction::Sum)` keeps both.
+    pub terms: Vec<(f64, Term, Reduction)>,
 }
 
 impl Loss {
     fn one(t: Term) -> Self {
         Loss {
-            terms: vec![(1.0, t)],
+            terms: vec![(1.0, t, Reduction::Mean)],
         }
+    }
+    /// The same loss with every term reduced by `reduction`:
+    /// `Loss::cross_entropy("fc").reduction(Reduction::Sum)`.
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        for (_, _, r) in &mut self.terms {
+            *r = reduction;
+        }
+        self
     }
     /// Cross-entropy from logits.
     pub fn cross_entropy(node: &str) -> Self {
@@ -130,7 +175,7 @@ impl Loss {
     /// The nodes the loss reads, in first-use order.
     pub fn taps(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
-        for (_, t) in &self.terms {
+        for (_, t, _) in &self.terms {
             if !out.contains(&t.node()) {
                 out.push(t.node());
             }
@@ -139,31 +184,87 @@ impl Loss {
     }
 
     /// The total (a scalar tensor that can be differentiated) and each weighted
-    /// term's value.
+    /// term's value, each reduced over the samples by its [`Reduction`]
+    /// ([`Reduction::None`] is refused here: see [`Loss::per_sample`]).
     pub fn compute(
         &self,
         acts: &Activations,
         targets: Targets,
     ) -> Result<(Tensor, Vec<(String, f32)>)> {
-        if self.terms.is_empty() {
-            return Err(Error::invalid("loss", "a loss needs at least one term"));
+        if let Some((_, t, _)) = self.terms.iter().find(|(_, _, r)| *r == Reduction::None) {
+            return Err(Error::invalid(
+                t.node(),
+                format!(
+                    "{} has reduction none, one value per sample, not a loss to minimise: \
+                     use Loss::per_sample, or reduction mean or sum",
+                    t.label()
+                ),
+            ));
         }
         let mut total: Option<Tensor> = None;
         let mut parts = Vec::with_capacity(self.terms.len());
-        for (w, term) in &self.terms {
-            let x = acts.get(term.node())?;
-            let v = term_value(term, x, targets)?;
-            let weighted = (v * *w)?;
-            parts.push((
-                format!("{w}*{}", term.label()),
-                weighted.to_dtype(DType::F32)?.to_scalar::<f32>()?,
-            ));
+        for ((w, per_sample), (_, _, reduction)) in self
+            .weighted_terms(acts, targets)?
+            .into_iter()
+            .zip(&self.terms)
+        {
+            let reduced = match reduction {
+                Reduction::Sum => per_sample.sum_all()?,
+                _ => per_sample.mean_all()?,
+            };
+            parts.push((w, reduced.to_dtype(DType::F32)?.to_scalar::<f32>()?));
             total = Some(match total {
-                None => weighted,
-                Some(t) => (t + weighted)?,
+                None => reduced,
+                Some(t) => (t + reduced)?,
             });
         }
         Ok((total.expect("at least one term"), parts))
+    }
+
+    /// The weighted sum of the terms for each sample, `(N,)`: Keras'
+    /// `reduction=None`, PyTorch's `reduction="none"` (for `mse`, followed by the
+    /// mean over each sample's elements). Differentiable, whatever the terms'
+    /// reductions say.
+    pub fn per_sample(&self, acts: &Activations, targets: Targets) -> Result<Tensor> {
+        let mut total: Option<Tensor> = None;
+        for (_, v) in self.weighted_terms(acts, targets)? {
+            total = Some(match total {
+                None => v,
+                Some(t) => {
+                    if t.dims() != v.dims() {
+                        return Err(Error::shape(
+                            "loss",
+                            format!(
+                                "per-sample terms disagree on the batch: {:?} and {:?}",
+                                t.dims(),
+                                v.dims()
+                            ),
+                        ));
+                    }
+                    (t + v)?
+                }
+            });
+        }
+        Ok(total.expect("at least one term"))
+    }
+
+    /// Each term's label and weighted per-sample values `(N,)`.
+    fn weighted_terms(
+        &self,
+        acts: &Activations,
+        targets: Targets,
+    ) -> Result<Vec<(String, Tensor)>> {
+        if self.terms.is_empty() {
+            return Err(Error::invalid("loss", "a loss needs at least one term"));
+        }
+        self.terms
+            .iter()
+            .map(|(w, term, _)| {
+                let x = acts.get(term.node())?;
+                let v = (term_per_sample(term, x, targets)? * *w)?;
+                Ok((format!("{w}*{}", term.label()), v))
+            })
+            .collect()
     }
 }
 
@@ -210,30 +311,41 @@ fn soft_targets<'a>(term: &Term, x: &Tensor, targets: Targets<'a>) -> Result<Opt
     }
 }
 
-fn term_value(term: &Term, x: &Tensor, targets: Targets) -> Result<Tensor> {
-    let batch = x.dim(0)? as f64;
+/// A term's value for each sample, `(N,)`.
+fn term_per_sample(term: &Term, x: &Tensor, targets: Targets) -> Result<Tensor> {
+    // (N, everything else), so element-wise terms reduce per sample.
+    let rows = |t: &Tensor| -> Result<Tensor> {
+        let n = t.dim(0)?;
+        Ok(t.reshape((n, t.elem_count() / n.max(1)))?)
+    };
+    if x.rank() == 0 {
+        return Err(Error::shape(
+            term.node(),
+            format!("{} needs a batch axis, got a scalar", term.label()),
+        ));
+    }
     Ok(match term {
         Term::CrossEntropy { .. } if soft_targets(term, x, targets)?.is_some() => {
             let t = soft_targets(term, x, targets)?.expect("checked");
             let logp = candle_nn_log_softmax(x)?;
-            ((t * logp)?.sum(1)?.neg()?.mean_all())?
+            (t * logp)?.sum(1)?.neg()?
         }
         Term::CategoricalCrossEntropy { .. } if soft_targets(term, x, targets)?.is_some() => {
             let t = soft_targets(term, x, targets)?.expect("checked");
             let p = x.clamp(1e-7f32, 1.0 - 1e-7f32)?;
-            ((t * p.log()?)?.sum(1)?.neg()?.mean_all())?
+            (t * p.log()?)?.sum(1)?.neg()?
         }
         Term::CrossEntropy { .. } => {
             let y = labels_for(term, x, targets)?;
             let logp = candle_core::Tensor::log_sum_exp(x, D::Minus1)?;
             let picked = x.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
-            (logp - picked)?.mean_all()?
+            (logp - picked)?
         }
         Term::CategoricalCrossEntropy { .. } => {
             let y = labels_for(term, x, targets)?;
             let p = x.clamp(1e-7f32, 1.0 - 1e-7f32)?;
             let picked = p.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
-            picked.log()?.neg()?.mean_all()?
+            picked.log()?.neg()?
         }
         Term::Mse { .. } => {
             let t = targets.values.ok_or_else(|| {
@@ -248,11 +360,11 @@ fn term_value(term: &Term, x: &Tensor, targets: Targets) -> Result<Tensor> {
                     format!("mse: prediction {:?} vs target {:?}", x.dims(), t.dims()),
                 ));
             }
-            (x - t)?.sqr()?.mean_all()?
+            rows(&(x - t)?.sqr()?)?.mean(1)?
         }
-        Term::MeanSquare { .. } => x.sqr()?.mean_all()?,
-        Term::ActivityL2 { .. } => (x.sqr()?.sum_all()? / batch)?,
-        Term::ActivityL1 { .. } => (x.abs()?.sum_all()? / batch)?,
+        Term::MeanSquare { .. } => rows(&x.sqr()?)?.mean(1)?,
+        Term::ActivityL2 { .. } => rows(&x.sqr()?)?.sum(1)?,
+        Term::ActivityL1 { .. } => rows(&x.abs()?)?.sum(1)?,
     })
 }
 
@@ -273,7 +385,7 @@ impl Add for Loss {
 impl Mul<Loss> for f64 {
     type Output = Loss;
     fn mul(self, mut rhs: Loss) -> Loss {
-        for (w, _) in &mut rhs.terms {
+        for (w, _, _) in &mut rhs.terms {
             *w *= self;
         }
         rhs
@@ -286,7 +398,9 @@ mod tests {
     use candle_core::Device;
 
     fn value(term: &Term, x: &Tensor, targets: Targets) -> f32 {
-        term_value(term, x, targets)
+        term_per_sample(term, x, targets)
+            .unwrap()
+            .mean_all()
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
@@ -346,7 +460,7 @@ mod tests {
         }
         // Targets of the wrong shape: a shape error naming the term.
         let bad = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
-        let e = term_value(
+        let e = term_per_sample(
             &Term::CrossEntropy { node: "fc".into() },
             &logits,
             Targets {

@@ -25,7 +25,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn keras_adam_matches_keras_and_differs_from_pytorch_placement() {
     let fx: BTreeMap<String, Tensor> = layerlens_core::candle_core::safetensors::load(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keras_adam.safetensors"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keras_adam.safetensors"
+        ),
         &Device::Cpu,
     )
     .unwrap()
@@ -33,9 +36,13 @@ fn keras_adam_matches_keras_and_differs_from_pytorch_placement() {
     .collect();
     for (name, wd) in [("adam", 0.0), ("adam_wd", 0.05)] {
         let mut params = ParamStore::new();
-        params.insert("w", fx["init"].clone(), ParamKind::Trainable).unwrap();
+        params
+            .insert("w", fx["init"].clone(), ParamKind::Trainable)
+            .unwrap();
         let mut torch_params = ParamStore::new();
-        torch_params.insert("w", fx["init"].clone(), ParamKind::Trainable).unwrap();
+        torch_params
+            .insert("w", fx["init"].clone(), ParamKind::Trainable)
+            .unwrap();
         let mut keras = Adam::keras(&params, 0.01).weight_decay(wd);
         let mut torch = Adam::new(&torch_params, 0.01).weight_decay(0.0);
         torch.eps = 1e-7;

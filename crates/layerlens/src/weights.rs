@@ -73,6 +73,11 @@ pub struct LoadReport {
     /// State-dict keys the model has no parameter for, not used (only with
     /// `strict = false`).
     pub unexpected: Vec<String>,
+    /// Frozen Lambda snapshots (`node.frozenN`) whose source parameter was just
+    /// loaded while the snapshot itself was not: they still hold the values from
+    /// when the Lambda was built. [`Model::refresh_frozen`] brings them up to date;
+    /// leaving them is right only when the Lambda should keep the old weights.
+    pub stale_frozen: Vec<String>,
 }
 
 /// Copies a state dict into `model`'s parameters (shared storage, so sub-models
@@ -157,6 +162,12 @@ pub fn load_state_dict_with(
             debug_assert!(!strict || p.kind == layerlens_core::params::ParamKind::Constant);
         }
     }
+    report.stale_frozen = model
+        .frozen_snapshots()
+        .into_iter()
+        .filter(|(snapshot, source)| dict.contains_key(source) && !dict.contains_key(snapshot))
+        .map(|(snapshot, _)| snapshot)
+        .collect();
     Ok(report)
 }
 
@@ -271,6 +282,47 @@ mod tests {
         assert!(e.contains("wrong shapes: conv2d.bias"), "{e}");
         let conv2 = values(&m, "conv2d.bias");
         assert_eq!(conv2, conv, "nothing changed");
+    }
+
+    #[test]
+    fn loading_under_a_frozen_snapshot_reports_it_stale_until_refreshed() {
+        use layerlens_core::lambda::{ScaleByWeight, WeightRef};
+        use layerlens_core::prelude::{Dense, Functional};
+        let mut g = Functional::new("m");
+        let x = g.input("input", [4]).unwrap();
+        let d = g.add(Dense::new(3), &[x]).unwrap();
+        let lam = g
+            .lambda_as(
+                "scaled",
+                ScaleByWeight { index: vec![0, 0] },
+                &[d],
+                &[WeightRef::frozen("dense.weight")],
+            )
+            .unwrap();
+        let m = g.build(&[lam]).unwrap();
+        let snapshot = values(&m, "scaled.frozen0");
+        // Pretrained weights loaded after the Lambda was built.
+        let dict: BTreeMap<String, Tensor> = ["dense.weight", "dense.bias"]
+            .iter()
+            .map(|k| {
+                let t = m.params().tensor(k).unwrap();
+                (k.to_string(), (t + 1.0).unwrap())
+            })
+            .collect();
+        let r = load_state_dict(&m, &dict, "w.safetensors").unwrap();
+        assert_eq!(r.loaded, 2);
+        assert_eq!(r.stale_frozen, ["scaled.frozen0"]);
+        assert_eq!(values(&m, "scaled.frozen0"), snapshot, "left as built");
+        m.refresh_frozen().unwrap();
+        assert_eq!(values(&m, "scaled.frozen0"), values(&m, "dense.weight"));
+        // A dict that carries the snapshot too (a saved layerlens model) is not stale.
+        let mut full = dict.clone();
+        full.insert(
+            "scaled.frozen0".into(),
+            m.params().tensor("dense.weight").unwrap(),
+        );
+        let r = load_state_dict(&m, &full, "w.safetensors").unwrap();
+        assert!(r.stale_frozen.is_empty(), "{:?}", r.stale_frozen);
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct Args {
     /// Learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// adam, adamw or sgd (momentum 0.9).
+    /// adam (PyTorch's), adamw, keras-adam (Keras' epsilon 1e-7 and its placement)
+    /// or sgd (momentum 0.9).
     #[arg(long, default_value = "adam")]
     optimizer: String,
     /// Extra loss terms NODE=WEIGHT: WEIGHT * mean(square(NODE)) (seed 002).
@@ -89,8 +90,9 @@ pub fn run(a: &Args) -> Result<()> {
     let mut opt: Box<dyn optim::Optimizer> = match a.optimizer.as_str() {
         "adam" => Box::new(optim::Adam::new(model.params(), a.lr)),
         "adamw" => Box::new(optim::Adam::adamw(model.params(), a.lr)),
+        "keras-adam" => Box::new(optim::Adam::keras(model.params(), a.lr)),
         "sgd" => Box::new(optim::Sgd::new(model.params(), a.lr).momentum(0.9)),
-        other => bail!("--optimizer {other}: use adam, adamw or sgd"),
+        other => bail!("--optimizer {other}: use adam, adamw, keras-adam or sgd"),
     };
     let cfg = fit::FitConfig {
         epochs: a.epochs,

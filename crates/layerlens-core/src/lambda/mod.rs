@@ -30,6 +30,13 @@ use std::sync::Arc;
 pub enum RefMode {
     /// A constant copy taken when the Lambda node is built; later training of the
     /// layer does not change it and no gradient flows into it. Saved with the model.
+    ///
+    /// **Weights loaded after the build do not reach it either**: a Lambda built
+    /// on a randomly initialised model and then given pretrained weights keeps the
+    /// random snapshot. `load_state_dict` lists such snapshots in its report
+    /// (`stale_frozen`); [`Model::refresh_frozen`](crate::Model::refresh_frozen)
+    /// takes them again. Build after loading, or refresh, unless the old values
+    /// are what you want.
     Frozen,
     /// The parameter itself: the Lambda sees every update, and gradients of a loss
     /// reach the parameter through both the layer and the Lambda.
@@ -52,7 +59,9 @@ pub struct WeightRef {
 }
 
 impl WeightRef {
-    /// A frozen snapshot of `key`.
+    /// A frozen snapshot of `key`, taken when the Lambda node is built; see
+    /// [`RefMode::Frozen`] for why weights loaded afterwards need
+    /// [`Model::refresh_frozen`](crate::Model::refresh_frozen).
     pub fn frozen(key: impl Into<String>) -> Self {
         WeightRef {
             key: key.into(),

@@ -10,8 +10,8 @@ use layerlens_core::builder::{Functional, NodeRef};
 use layerlens_core::lambda::Reduce;
 use layerlens_core::ops::{
     Activation, BatchNorm, BinaryKind, Concat, ConstOperand, Conv2d, ConvTranspose2d, Dense,
-    Elementwise, Flatten, GlobalAvgPool, Pad2d, PadMode, Padding, Permute, Pool2d, PoolKind,
-    Reshape, Side, Slice,
+    Elementwise, Flatten, GlobalAvgPool, LayerNorm, PRelu, Pad2d, PadMode, Padding, Permute,
+    Pool2d, PoolKind, Reshape, Side, Slice,
 };
 use layerlens_core::{Error, Model, Result, Shape};
 use prost::Message;
@@ -75,6 +75,13 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Transpose",
     "Resize",
     "Upsample",
+    "Sum",
+    "Max",
+    "Min",
+    "Mean",
+    "PRelu",
+    "LayerNormalization",
+    "GlobalMaxPool",
 ];
 
 /// Import settings: what fixes the symbolic dimensions of the graph inputs.
@@ -900,6 +907,10 @@ impl Importer<'_> {
             let r = self.binary(n, &name, op)?;
             return self.finish(n, r);
         }
+        if matches!(op, "Sum" | "Max" | "Min" | "Mean") {
+            let r = self.variadic(n, &name, op)?;
+            return self.finish(n, r);
+        }
         let x = self.node_input(n, 0)?;
         let r = match op {
             "Conv" => {
@@ -1144,6 +1155,27 @@ impl Importer<'_> {
             "GlobalAveragePool" => self
                 .g
                 .add_as(&name, GlobalAvgPool { keepdims: true }, &[x])?,
+            "GlobalMaxPool" => {
+                let Some((_, h, w)) = self.g.shape(x).chw() else {
+                    return Err(self.err(
+                        n,
+                        format!(
+                            "GlobalMaxPool is supported on (N, C, H, W) inputs only, got per-sample {}",
+                            self.g.shape(x)
+                        ),
+                    ));
+                };
+                let p = Pool2d {
+                    kind: PoolKind::Max,
+                    kernel: [h, w],
+                    stride: [1, 1],
+                    padding: Padding::Valid,
+                    count_include_pad: false,
+                };
+                self.g.add_as(&name, p, &[x])?
+            }
+            "PRelu" => self.prelu(n, &name, x)?,
+            "LayerNormalization" => return self.layer_norm(n, &name, x),
             "Flatten" => {
                 if Self::int(n, "axis").unwrap_or(1) != 1 {
                     return Err(self.err(n, "Flatten is supported on axis 1 only".into()));
@@ -1601,6 +1633,232 @@ impl Importer<'_> {
 
     /// `Add`, `Sub`, `Mul`, `Div`: of two activations, or of an activation and
     /// a constant on either side.
+    /// `Sum`, `Max`, `Min` and `Mean` of one or more inputs (NumPy broadcasting):
+    /// a chain of binary nodes, the intermediate ones named `NAME_partialI`, the
+    /// last one `NAME`; `Mean` divides the sum by the count (as the ONNX
+    /// reference does, not multiplying by its reciprocal).
+    fn variadic(&mut self, n: &NodeProto, name: &str, op: &str) -> Result<NodeRef> {
+        let vals: Vec<Value> = n
+            .input
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(i, s)| {
+                self.values
+                    .get(s)
+                    .cloned()
+                    .ok_or_else(|| self.err(n, format!("input {i} is missing")))
+            })
+            .collect::<Result<_>>()?;
+        let kind = match op {
+            "Max" => BinaryKind::Max,
+            "Min" => BinaryKind::Min,
+            _ => BinaryKind::Add,
+        };
+        let count = vals.len();
+        let steps = count - 1 + usize::from(op == "Mean");
+        if steps == 0 {
+            // One input: the value itself.
+            return match &vals[0] {
+                Value::Node(r) => {
+                    if !self.module_paths.contains(name) && self.g.get(name).is_err() {
+                        self.g.alias(name, *r)?;
+                    }
+                    Ok(*r)
+                }
+                Value::Const(_) => Err(self.err(n, "the only input is a constant".into())),
+            };
+        }
+        // Nodes first, so that every step has a node operand (the operation is
+        // commutative); two constants in a row are refused by `binary_of`.
+        let mut ordered = vals;
+        ordered.sort_by_key(|v| matches!(v, Value::Const(_)));
+        let mut acc = ordered[0].clone();
+        let mut step = 0;
+        let step_name = |step: usize| {
+            if step + 1 == steps {
+                name.to_string()
+            } else {
+                format!("{name}_partial{step}")
+            }
+        };
+        for v in &ordered[1..] {
+            let r = self.binary_of(n, &step_name(step), kind, &acc, v)?;
+            acc = Value::Node(r);
+            step += 1;
+        }
+        if op == "Mean" {
+            let divisor = Value::Const(Const {
+                dims: vec![],
+                data: Data::F32(vec![count as f32]),
+            });
+            let r = self.binary_of(n, &step_name(step), BinaryKind::Div, &acc, &divisor)?;
+            acc = Value::Node(r);
+        }
+        match acc {
+            Value::Node(r) => Ok(r),
+            Value::Const(_) => unreachable!("every step made a node"),
+        }
+    }
+
+    /// `PRelu(x, slope)` with a constant slope that broadcasts against `x`
+    /// (one per channel `[C, 1, 1]`, a scalar, or a full per-sample shape).
+    fn prelu(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let slope = self.constant(n, 1)?;
+        let per_sample = self.g.shape(x).rank();
+        let mut dims = slope.dims.clone();
+        if dims.len() == per_sample + 1 {
+            if dims[0] != 1 {
+                return Err(self.err(
+                    n,
+                    format!(
+                        "slope of dims {:?} differs along the batch axis; not supported",
+                        slope.dims
+                    ),
+                ));
+            }
+            dims.remove(0);
+        }
+        let t = Self::tensor(&slope)?.reshape(dims.as_slice())?;
+        let r = self.g.add_as(name, PRelu { shape: dims }, &[x])?;
+        self.weights.push((format!("{name}.weight"), t));
+        Ok(r)
+    }
+
+    /// `LayerNormalization` (opset 17) over the axes from `axis` to the last,
+    /// with its Scale and optional B broadcast to the normalised shape. The
+    /// optional Mean and InvStdDev outputs, when used, are computed by nodes of
+    /// their own named after them: the mean over the axes, and
+    /// `1 / sqrt(mean((x - mean)²) + epsilon)`.
+    fn layer_norm(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<()> {
+        if let Some(t) = Self::int(n, "stash_type").filter(|&t| t != 1) {
+            return Err(self.err(
+                n,
+                format!("stash_type {t} is not supported (only 1, float32 statistics)"),
+            ));
+        }
+        let dims = self.g.shape(x).dims().to_vec();
+        let rank = dims.len() as i64 + 1;
+        let axis = Self::int(n, "axis").unwrap_or(-1);
+        let a = if axis < 0 { axis + rank } else { axis };
+        if !(0..rank).contains(&a) {
+            return Err(self.err(n, format!("axis {axis} is out of range for rank {rank}")));
+        }
+        if a == 0 {
+            return Err(self.err(
+                n,
+                format!("axis {axis} normalises over the batch axis; not supported"),
+            ));
+        }
+        let axes: Vec<usize> = (a as usize..rank as usize).collect();
+        let norm_dims = dims[a as usize - 1..].to_vec();
+        let expand = |c: &Const, what: &str| -> Result<Tensor> {
+            let t = Self::tensor(c)?;
+            t.broadcast_as(norm_dims.as_slice())
+                .and_then(|t| t.contiguous())
+                .map_err(|_| {
+                    self.err(
+                        n,
+                        format!(
+                            "{what} of dims {:?} does not broadcast to the normalised shape {norm_dims:?}",
+                            c.dims
+                        ),
+                    )
+                })
+        };
+        let scale = expand(&self.constant(n, 1)?, "Scale")?;
+        let bias = match self.opt_constant(n, 2)? {
+            Some(b) => Some(expand(&b, "B")?),
+            None => None,
+        };
+        let eps = Self::float(n, "epsilon").unwrap_or(1e-5) as f64;
+        let mut ln = LayerNorm::new(axes).eps(eps);
+        ln.center = bias.is_some();
+        let r = self.g.add_as(name, ln, &[x])?;
+        self.weights.push((format!("{name}.weight"), scale));
+        if let Some(b) = bias {
+            self.weights.push((format!("{name}.bias"), b));
+        }
+        let mut main = n.clone();
+        main.output.truncate(1);
+        self.finish(&main, r)?;
+        let mean_out = n.output.get(1).filter(|o| !o.is_empty());
+        let inv_out = n.output.get(2).filter(|o| !o.is_empty());
+        if mean_out.is_none() && inv_out.is_none() {
+            return Ok(());
+        }
+        let reduce_axes: Vec<isize> = (a as isize..rank as isize).collect();
+        let base = sanitize(mean_out.or(inv_out).expect("one is used"));
+        let fresh = |this: &Self, want: String| {
+            let mut v = want.clone();
+            let mut k = 1;
+            while this.g.get(&v).is_ok() {
+                v = format!("{want}_{k}");
+                k += 1;
+            }
+            v
+        };
+        let mean_name = fresh(
+            self,
+            mean_out
+                .map(|o| sanitize(o))
+                .unwrap_or(format!("{base}_mean")),
+        );
+        let mean = self.g.lambda_as(
+            &mean_name,
+            Reduce::mean(reduce_axes.clone()).keepdims(true),
+            &[x],
+            &[],
+        )?;
+        if let Some(o) = mean_out {
+            self.values.insert(o.clone(), Value::Node(mean));
+        }
+        if let Some(o) = inv_out {
+            let two = |k| Elementwise {
+                kind: k,
+                constant: None,
+            };
+            let centred = self.g.add_as(
+                &fresh(self, format!("{base}_centred")),
+                two(BinaryKind::Sub),
+                &[x, mean],
+            )?;
+            let squared = self.g.add_as(
+                &fresh(self, format!("{base}_squared")),
+                two(BinaryKind::Mul),
+                &[centred, centred],
+            )?;
+            let var = self.g.lambda_as(
+                &fresh(self, format!("{base}_variance")),
+                Reduce::mean(reduce_axes).keepdims(true),
+                &[squared],
+                &[],
+            )?;
+            let eps_name = fresh(self, format!("{base}_plus_epsilon"));
+            let eps_const = Const {
+                dims: vec![],
+                data: Data::F32(vec![eps as f32]),
+            };
+            let plus = self.binary_of(
+                n,
+                &eps_name,
+                BinaryKind::Add,
+                &Value::Node(var),
+                &Value::Const(eps_const),
+            )?;
+            let std = self.g.add_as(
+                &fresh(self, format!("{base}_std")),
+                Activation::Sqrt,
+                &[plus],
+            )?;
+            let inv = self
+                .g
+                .add_as(&fresh(self, sanitize(o)), Activation::Reciprocal, &[std])?;
+            self.values.insert(o.clone(), Value::Node(inv));
+        }
+        Ok(())
+    }
+
     fn binary(&mut self, n: &NodeProto, name: &str, op: &str) -> Result<NodeRef> {
         let kind = match op {
             "Add" => BinaryKind::Add,
@@ -1616,7 +1874,20 @@ impl Importer<'_> {
                     .ok_or_else(|| self.err(n, format!("input {i} is missing")))
             })
             .collect::<Result<_>>()?;
-        Ok(match (&vals[0], &vals[1]) {
+        self.binary_of(n, name, kind, &vals[0], &vals[1])
+    }
+
+    /// One element-wise node `a ∘ b`, at most one of them a constant.
+    fn binary_of(
+        &mut self,
+        n: &NodeProto,
+        name: &str,
+        kind: BinaryKind,
+        a: &Value,
+        b: &Value,
+    ) -> Result<NodeRef> {
+        let vals = [a, b];
+        Ok(match (vals[0], vals[1]) {
             (Value::Node(a), Value::Node(b)) => self.g.add_as(
                 name,
                 Elementwise {

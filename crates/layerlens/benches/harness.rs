@@ -6,8 +6,10 @@
 //! object per case: `{"case", "framework", "median_ms", "min_ms", "peak_rss_mb"}`
 //! plus, for extraction cases, the plan's activation memory
 //! (`plan_activation_mb`: the largest live set, requested outputs included) and
-//! the weights' size, so the peak can be checked against
-//! weights + 1.5 × activations + outputs. `WEIGHTS_DIR` holds `resnet18.safetensors` and
+//! the weights' size and the heap's live bytes before and at the peak of one
+//! extraction (`heap_before_mb`, `heap_peak_mb`: a counting allocator around
+//! mimalloc), so the peak can be checked against weights + 1.5 × activations +
+//! outputs at allocation level. `WEIGHTS_DIR` holds `resnet18.safetensors` and
 //! `resnet18.onnx` from `reference.py prepare`; without it ResNet-18 runs on its
 //! seeded initial weights (timings do not depend on the values).
 //!
@@ -20,11 +22,68 @@ use layerlens::candle_core::{Device, Tensor};
 use layerlens::prelude::*;
 use layerlens_train::loss::{Loss, Targets};
 use layerlens_train::optim::{Adam, Optimizer};
+use std::alloc::{GlobalAlloc, Layout};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// mimalloc, counting the bytes live on the heap and their peak, so that an
+/// extraction's memory is measured at allocation level (weights, activations,
+/// scratch buffers) rather than as process RSS (which also holds the binary, the
+/// allocator's caches and whatever loading the weights touched).
+struct CountingAlloc;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+fn count_alloc(size: usize) {
+    let now = LIVE_BYTES.fetch_add(size, Ordering::Relaxed) + size;
+    PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded to mimalloc unchanged; the counters only
+// observe the sizes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
+        if !p.is_null() {
+            count_alloc(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
+        if !p.is_null() {
+            count_alloc(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+            count_alloc(new_size);
+        }
+        p
+    }
+}
+
+/// Runs `f` once and returns the heap's live bytes before it and their peak
+/// during it, in MB.
+fn heap_peak_mb(f: impl FnOnce() -> layerlens::Result<()>) -> layerlens::Result<(f64, f64)> {
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    PEAK_BYTES.store(before, Ordering::Relaxed);
+    f()?;
+    let peak = PEAK_BYTES.load(Ordering::Relaxed);
+    Ok((before as f64 / 1e6, peak as f64 / 1e6))
+}
 
 fn status_kb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -254,6 +313,9 @@ fn run_case(case: &str, dir: Option<&Path>) -> layerlens::Result<()> {
             let model = resnet18(dir)?;
             let x = x1()?;
             let t = timed(reps, || model.extract(&x, taps).map(|_| ()))?;
+            // Heap at rest (weights, input, warm scratch buffers) and its peak
+            // during one more extraction whose outputs are kept until it returns.
+            let (heap_before, heap_peak) = heap_peak_mb(|| model.extract(&x, taps).map(|_| ()))?;
             let plan = model.plan(taps)?;
             let outputs: usize = taps
                 .iter()
@@ -267,7 +329,7 @@ fn run_case(case: &str, dir: Option<&Path>) -> layerlens::Result<()> {
                 "layerlens",
                 &t,
                 &format!(
-                    ", \"weights_mb\": {:.1}, \"plan_activation_mb\": {:.1}, \"outputs_mb\": {:.1}, \"plan_steps\": {}",
+                    ", \"weights_mb\": {:.1}, \"heap_before_mb\": {heap_before:.1}, \"heap_peak_mb\": {heap_peak:.1}, \"plan_activation_mb\": {:.1}, \"outputs_mb\": {:.1}, \"plan_steps\": {}",
                     weights_mb(&model),
                     plan.peak_live_elements() as f64 * 4.0 / 1e6,
                     outputs as f64 * 4.0 / 1e6,

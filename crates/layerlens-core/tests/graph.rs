@@ -535,7 +535,7 @@ fn a_bad_sequential_input_is_reported_by_the_next_call() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("input shape (N, 0, 28, 28) must be non-empty"),
+        e.contains("input shape (N, 0, 28, 28) has a dimension of size 0"),
         "{e}"
     );
 }

@@ -425,9 +425,10 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
         .map(|o| o.version)
         .ok_or_else(|| bad("no default-domain opset in opset_import".into()))?;
     // Opsets 22-25 change only the data types of the ops translated here;
-    // before 7 a few attributes meant other things (refused by name below).
-    if !(6..=25).contains(&opset) {
-        return Err(bad(format!("opset {opset} is not supported (6 to 25 are)")));
+    // before 7 a few ops and attributes meant other things (refused by name in
+    // `check_legacy_opset`).
+    if !(1..=25).contains(&opset) {
+        return Err(bad(format!("opset {opset} is not supported (1 to 25 are)")));
     }
     let name = if graph.name.is_empty() {
         "onnx_model".to_string()
@@ -636,6 +637,17 @@ impl Importer<'_> {
         name
     }
 
+    /// `want`, or `want_1`, `want_2`, ... if the graph has a node of that name.
+    fn fresh_name(&self, want: &str) -> String {
+        let mut v = want.to_string();
+        let mut k = 1;
+        while self.g.get(&v).is_ok() {
+            v = format!("{want}_{k}");
+            k += 1;
+        }
+        v
+    }
+
     fn tensor(c: &Const) -> Result<Tensor> {
         Ok(Tensor::from_vec(
             c.floats(),
@@ -688,9 +700,22 @@ impl Importer<'_> {
 
     /// Opset 6 attributes whose meaning changed in opset 7, refused by name
     /// unless they keep the later meaning.
-    fn check_opset6(&self, n: &NodeProto, op: &str) -> Result<()> {
-        let refuse = |what: &str| Err(self.err(n, format!("{what} (opset 6) is not supported")));
+    /// Opsets 1-6: the ops whose meaning changed since are refused by name;
+    /// the rest (element-wise ops, convolution, pooling, ...) only lost the
+    /// `consumed_inputs` hint, which changes nothing.
+    fn check_legacy_opset(&self, n: &NodeProto, op: &str) -> Result<()> {
+        let opset = self.opset;
+        let refuse =
+            |what: &str| Err(self.err(n, format!("{what} (opset {opset}) is not supported")));
         match op {
+            "Reshape" if opset < 5 => refuse("Reshape with its target as a 'shape' attribute"),
+            "Pad" if opset < 2 => refuse("Pad with a 'paddings' attribute"),
+            "Split" if opset < 2 => refuse("Split with its sizes as an input"),
+            "Cast" if opset < 6 => refuse("Cast with a string 'to' attribute"),
+            "Concat" if opset < 4 && attr(n, "axis").is_none() => {
+                refuse("Concat without an axis attribute (axis 1 before opset 4)")
+            }
+            "PRelu" => refuse("PRelu before opset 7 (slopes per channel, not broadcast)"),
             "Add" | "Sub" | "Mul" | "Div" | "Gemm" if attr(n, "axis").is_some() => {
                 refuse("broadcasting along an 'axis' attribute")
             }
@@ -783,6 +808,11 @@ impl Importer<'_> {
         if n.output.is_empty() || n.output[0].is_empty() {
             return Err(self.err(n, "the node has no output".into()));
         }
+        // Before folding anything: a legacy op that means something else now
+        // must not be folded or translated either.
+        if self.opset < 7 {
+            self.check_legacy_opset(n, op)?;
+        }
         let arity = match op {
             "Add" | "Sub" | "Mul" | "Div" | "Conv" | "ConvTranspose" | "Gemm" | "MatMul"
             | "Reshape" => 2,
@@ -870,9 +900,6 @@ impl Importer<'_> {
                     }
                 }
             }
-        }
-        if self.opset < 7 {
-            self.check_opset6(n, op)?;
         }
         if op == "Cast" {
             // Activations are float32: a cast to float32 changes nothing; any other
@@ -1030,13 +1057,20 @@ impl Importer<'_> {
                 self.g.add_as(&name, act, &[x])?
             }
             "Selu" => {
-                // Only the standard constants (the ONNX defaults, as float32).
                 let alpha = Self::float(n, "alpha").unwrap_or(1.673_263_2);
                 let gamma = Self::float(n, "gamma").unwrap_or(1.050_701);
-                if (alpha - 1.673_263_2).abs() > 1e-6 || (gamma - 1.050_701).abs() > 1e-6 {
-                    return Err(self.err(n, format!("Selu with alpha {alpha}, gamma {gamma}: only the standard constants are supported")));
+                if (alpha - 1.673_263_2).abs() <= 1e-6 && (gamma - 1.050_701).abs() <= 1e-6 {
+                    self.g.add_as(&name, Activation::Selu, &[x])?
+                } else {
+                    // Other constants: gamma · Elu_alpha(x), two nodes.
+                    let elu = self.fresh_name(&format!("{name}_elu"));
+                    let e = self.g.add_as(&elu, Activation::Elu { alpha }, &[x])?;
+                    let g = Value::Const(Const {
+                        dims: vec![],
+                        data: Data::F32(vec![gamma]),
+                    });
+                    self.binary_of(n, &name, BinaryKind::Mul, &Value::Node(e), &g)?
                 }
-                self.g.add_as(&name, Activation::Selu, &[x])?
             }
             "Gelu" => {
                 let approx = attr(n, "approximate")
@@ -1789,18 +1823,8 @@ impl Importer<'_> {
         }
         let reduce_axes: Vec<isize> = (a as isize..rank as isize).collect();
         let base = sanitize(mean_out.or(inv_out).expect("one is used"));
-        let fresh = |this: &Self, want: String| {
-            let mut v = want.clone();
-            let mut k = 1;
-            while this.g.get(&v).is_ok() {
-                v = format!("{want}_{k}");
-                k += 1;
-            }
-            v
-        };
-        let mean_name = fresh(
-            self,
-            mean_out
+        let mean_name = self.fresh_name(
+            &mean_out
                 .map(|o| sanitize(o))
                 .unwrap_or(format!("{base}_mean")),
         );
@@ -1819,22 +1843,22 @@ impl Importer<'_> {
                 constant: None,
             };
             let centred = self.g.add_as(
-                &fresh(self, format!("{base}_centred")),
+                &self.fresh_name(&format!("{base}_centred")),
                 two(BinaryKind::Sub),
                 &[x, mean],
             )?;
             let squared = self.g.add_as(
-                &fresh(self, format!("{base}_squared")),
+                &self.fresh_name(&format!("{base}_squared")),
                 two(BinaryKind::Mul),
                 &[centred, centred],
             )?;
             let var = self.g.lambda_as(
-                &fresh(self, format!("{base}_variance")),
+                &self.fresh_name(&format!("{base}_variance")),
                 Reduce::mean(reduce_axes).keepdims(true),
                 &[squared],
                 &[],
             )?;
-            let eps_name = fresh(self, format!("{base}_plus_epsilon"));
+            let eps_name = self.fresh_name(&format!("{base}_plus_epsilon"));
             let eps_const = Const {
                 dims: vec![],
                 data: Data::F32(vec![eps as f32]),
@@ -1847,13 +1871,15 @@ impl Importer<'_> {
                 &Value::Const(eps_const),
             )?;
             let std = self.g.add_as(
-                &fresh(self, format!("{base}_std")),
+                &self.fresh_name(&format!("{base}_std")),
                 Activation::Sqrt,
                 &[plus],
             )?;
-            let inv = self
-                .g
-                .add_as(&fresh(self, sanitize(o)), Activation::Reciprocal, &[std])?;
+            let inv = self.g.add_as(
+                &self.fresh_name(&sanitize(o)),
+                Activation::Reciprocal,
+                &[std],
+            )?;
             self.values.insert(o.clone(), Value::Node(inv));
         }
         Ok(())

@@ -176,3 +176,183 @@ fn malformed_nodes_are_errors_not_panics() {
         );
     }
 }
+
+/// Rank-0 samples (a graph input `(N,)`) are allowed since the backend node
+/// tests' 1-D cases import: every claimed op, with a few input patterns, on a
+/// per-sample scalar must import and run, or be refused with an error — never
+/// panic.
+#[test]
+fn every_op_on_a_per_sample_scalar_runs_or_is_refused_never_panics() {
+    use layerlens_onnx::proto::{
+        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+    };
+    use layerlens_onnx::{Message, SUPPORTED_OPS};
+    let constant = |name: &str, dims: Vec<i64>, data: Vec<f32>| TensorProto {
+        name: name.into(),
+        dims,
+        data_type: 1,
+        float_data: data,
+        ..Default::default()
+    };
+    let int_constant = |name: &str, data: Vec<i64>| TensorProto {
+        name: name.into(),
+        dims: vec![data.len() as i64],
+        data_type: 7,
+        int64_data: data,
+        ..Default::default()
+    };
+    let patterns: [&[&str]; 6] = [
+        &["x"],
+        &["x", "x"],
+        &["x", "c"],
+        &["c", "x"],
+        &["x", "c", "c", "c", "c"],
+        &["x", "i"],
+    ];
+    let x = candle_core::Tensor::new(&[0.5f32, -1.0, 2.0], &candle_core::Device::Cpu).unwrap();
+    for op in SUPPORTED_OPS {
+        for inputs in patterns {
+            let node = NodeProto {
+                op_type: op.to_string(),
+                name: "n".into(),
+                input: inputs.iter().map(|s| s.to_string()).collect(),
+                output: vec!["y".into()],
+                ..Default::default()
+            };
+            let model = ModelProto {
+                ir_version: 8,
+                opset_import: vec![OperatorSetIdProto {
+                    domain: String::new(),
+                    version: 18,
+                }],
+                graph: Some(GraphProto {
+                    node: vec![node],
+                    input: vec![ValueInfoProto {
+                        name: "x".into(),
+                        r#type: None,
+                    }],
+                    output: vec![ValueInfoProto {
+                        name: "y".into(),
+                        r#type: None,
+                    }],
+                    initializer: vec![
+                        constant("c", vec![1], vec![0.25]),
+                        int_constant("i", vec![0]),
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let opts = layerlens_onnx::ImportOptions {
+                input_shapes: [("x".to_string(), vec![])].into(),
+                ..Default::default()
+            };
+            let bytes = model.encode_to_vec();
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let m = layerlens_onnx::import_bytes(
+                    &bytes,
+                    std::path::Path::new("."),
+                    "scalar.onnx",
+                    &opts,
+                )?;
+                m.forward(std::slice::from_ref(&x))
+            }));
+            assert!(
+                run.is_ok(),
+                "{op} {inputs:?} on a per-sample scalar panicked"
+            );
+        }
+    }
+}
+
+/// Opsets 1-6 import where the op still means what it means today, and the
+/// ops whose meaning changed are refused by name, with the opset.
+#[test]
+fn legacy_opsets_import_unchanged_ops_and_refuse_changed_ones_by_name() {
+    use layerlens_onnx::proto::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, ValueInfoProto,
+    };
+    use layerlens_onnx::Message;
+    let model = |op: &str, opset: i64, attribute: Vec<AttributeProto>| {
+        let node = NodeProto {
+            op_type: op.into(),
+            name: "legacy".into(),
+            input: vec!["x".into()],
+            output: vec!["y".into()],
+            attribute,
+            ..Default::default()
+        };
+        let m = ModelProto {
+            ir_version: 3,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: opset,
+            }],
+            graph: Some(GraphProto {
+                node: vec![node],
+                input: vec![ValueInfoProto {
+                    name: "x".into(),
+                    r#type: None,
+                }],
+                output: vec![ValueInfoProto {
+                    name: "y".into(),
+                    r#type: None,
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = layerlens_onnx::ImportOptions {
+            input_shapes: [("x".to_string(), vec![2, 3, 3])].into(),
+            ..Default::default()
+        };
+        layerlens_onnx::import_bytes(
+            &m.encode_to_vec(),
+            std::path::Path::new("."),
+            "legacy.onnx",
+            &opts,
+        )
+    };
+    let ints = |name: &str, v: Vec<i64>| AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: v,
+        ..Default::default()
+    };
+    // Relu-1 and GlobalAveragePool-1 are today's ops (with a `consumed_inputs` hint).
+    let x = candle_core::Tensor::new(&[[[[-1f32, 2.0, 0.5]; 3]; 2]], &candle_core::Device::Cpu)
+        .unwrap();
+    let relu = model("Relu", 1, vec![ints("consumed_inputs", vec![0])]).unwrap();
+    let y: Vec<f32> = relu.forward(std::slice::from_ref(&x)).unwrap()[0]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(&y[..3], &[0.0, 2.0, 0.5]);
+    assert!(model("GlobalAveragePool", 1, vec![]).is_ok());
+    for (op, opset, attrs, needle) in [
+        (
+            "Reshape",
+            4,
+            vec![ints("shape", vec![0, -1])],
+            "Reshape with its target as a 'shape' attribute (opset 4) is not supported",
+        ),
+        ("Cast", 5, vec![], "Cast with a string 'to' attribute (opset 5)"),
+        (
+            "Concat",
+            3,
+            vec![],
+            "Concat without an axis attribute (axis 1 before opset 4) (opset 3)",
+        ),
+        ("Pad", 1, vec![], "Pad with a 'paddings' attribute (opset 1)"),
+        ("PRelu", 6, vec![], "PRelu before opset 7"),
+    ] {
+        let e = model(op, opset, attrs).unwrap_err().to_string();
+        assert!(
+            e.contains("node 'legacy'") && e.contains(needle),
+            "{op}: {e}"
+        );
+    }
+    let e = model("Relu", 26, vec![]).unwrap_err().to_string();
+    assert!(e.contains("opset 26 is not supported (1 to 25 are)"), "{e}");
+}

@@ -488,10 +488,10 @@ impl Functional {
             .collect();
         let shape = match &mut op {
             OpT::Input(s) => {
-                if s.rank() == 0 || s.dims().contains(&0) {
+                if s.dims().contains(&0) {
                     return Err(Error::invalid(
                         &name,
-                        format!("input shape {s} must be non-empty"),
+                        format!("input shape {s} has a dimension of size 0"),
                     ));
                 }
                 s.clone()

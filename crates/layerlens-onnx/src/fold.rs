@@ -164,7 +164,23 @@ pub(crate) fn fold(
                         .map(|i| {
                             let (p, q) = (x[i % n], y[i % m]);
                             if p == BATCH || q == BATCH {
-                                return Ok(BATCH);
+                                // The batch size stays the batch size only through
+                                // + 0, · 1 and / 1; anything else (N·3, N/2) would
+                                // reshape across samples, which must not pass as N.
+                                let other = if p == BATCH { q } else { p };
+                                let keeps = match op {
+                                    "Add" => other == 0,
+                                    "Sub" => q == 0 && p == BATCH,
+                                    "Mul" => other == 1,
+                                    _ => q == 1 && p == BATCH,
+                                };
+                                return if keeps {
+                                    Ok(BATCH)
+                                } else {
+                                    Err(format!(
+                                        "{op} of the batch size and {other}: arithmetic on the batch size is not supported"
+                                    ))
+                                };
                             }
                             match op {
                                 "Add" => p.checked_add(q),
@@ -198,6 +214,135 @@ pub(crate) fn fold(
                 }
             }
         }
+        "Max" | "Min" | "Sum" => {
+            let mut acc = inputs[0].clone();
+            for b in &inputs[1..] {
+                acc = fold_extremum(op, &acc, b)?;
+            }
+            Ok(acc)
+        }
         other => Err(format!("'{other}' cannot be folded")),
+    }
+}
+
+/// `Max`, `Min` or `Sum` of two equal-size or scalar constants. The batch size
+/// is only known to be at least 1, so it takes part only as `Max(N, 1)`,
+/// `Min(N, N)`-like identities: anything else is refused.
+fn fold_extremum(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
+    let (n, m) = (a.len(), b.len());
+    if n == 0 || m == 0 {
+        return Err(format!("{op} of an empty constant is not folded"));
+    }
+    if n != m && n != 1 && m != 1 {
+        return Err(format!(
+            "only equal-size or scalar constants are folded ({op})"
+        ));
+    }
+    let len = n.max(m);
+    let dims = if n >= m {
+        a.dims.clone()
+    } else {
+        b.dims.clone()
+    };
+    match (&a.data, &b.data) {
+        (Data::I64(x), Data::I64(y)) => {
+            let v: Vec<i64> = (0..len)
+                .map(|i| {
+                    let (p, q) = (x[i % n], y[i % m]);
+                    if p == BATCH || q == BATCH {
+                        let other = if p == BATCH { q } else { p };
+                        return match op {
+                            _ if other == BATCH && op != "Sum" => Ok(BATCH),
+                            "Max" if other <= 1 => Ok(BATCH),
+                            _ => Err(format!(
+                                "{op} of the batch size and {other}: arithmetic on the batch size is not supported"
+                            )),
+                        };
+                    }
+                    match op {
+                        "Max" => Ok(p.max(q)),
+                        "Min" => Ok(p.min(q)),
+                        _ => p
+                            .checked_add(q)
+                            .ok_or_else(|| format!("Sum of {p} and {q} overflows 64 bits")),
+                    }
+                })
+                .collect::<Result<_, String>>()?;
+            Ok(Const::i64s(dims, v))
+        }
+        _ => {
+            let (x, y) = (a.floats(), b.floats());
+            let v: Vec<f32> = (0..len)
+                .map(|i| {
+                    let (p, q) = (x[i % n], y[i % m]);
+                    match op {
+                        // ONNX propagates NaN; f32::max would drop it.
+                        _ if p.is_nan() || q.is_nan() => f32::NAN,
+                        "Max" => p.max(q),
+                        "Min" => p.min(q),
+                        _ => p + q,
+                    }
+                })
+                .collect();
+            Ok(Const {
+                dims,
+                data: Data::F32(v),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(v: &[i64]) -> Const {
+        Const::i64s(vec![v.len()], v.to_vec())
+    }
+
+    fn run(op: &str, a: &[i64], b: &[i64]) -> Result<Vec<i64>, String> {
+        fold(op, &[ints(a), ints(b)], &|_| None, &|_| None).map(|c| c.ints())
+    }
+
+    /// The batch size passes only through identities; `N·3` as a reshape
+    /// target would move values across samples.
+    #[test]
+    fn arithmetic_on_the_batch_size_is_refused_except_identities() {
+        assert_eq!(run("Mul", &[BATCH], &[1]).unwrap(), [BATCH]);
+        assert_eq!(run("Add", &[0], &[BATCH]).unwrap(), [BATCH]);
+        assert_eq!(run("Div", &[BATCH], &[1]).unwrap(), [BATCH]);
+        for (op, a, b) in [
+            ("Mul", BATCH, 3),
+            ("Div", BATCH, 2),
+            ("Add", BATCH, 1),
+            ("Sub", 0, BATCH),
+            ("Div", 1, BATCH),
+        ] {
+            let e = run(op, &[a], &[b]).unwrap_err();
+            assert!(e.contains("arithmetic on the batch size"), "{op}: {e}");
+        }
+        assert_eq!(run("Mul", &[4, 5], &[2]).unwrap(), [8, 10]);
+    }
+
+    #[test]
+    fn max_min_and_sum_fold_and_keep_nan() {
+        assert_eq!(run("Max", &[1, 7, -2], &[3, 2, -5]).unwrap(), [3, 7, -2]);
+        assert_eq!(run("Min", &[1, 7, -2], &[0]).unwrap(), [0, 0, -2]);
+        assert_eq!(run("Sum", &[1, 2], &[3, 4]).unwrap(), [4, 6]);
+        assert_eq!(run("Max", &[BATCH], &[1]).unwrap(), [BATCH]);
+        assert!(run("Min", &[BATCH], &[4]).is_err());
+        let f = |v: Vec<f32>| Const {
+            dims: vec![v.len()],
+            data: Data::F32(v),
+        };
+        let c = fold(
+            "Max",
+            &[f(vec![f32::NAN, 1.0]), f(vec![0.0, 2.0])],
+            &|_| None,
+            &|_| None,
+        )
+        .unwrap();
+        let v = c.floats();
+        assert!(v[0].is_nan() && v[1] == 2.0, "{v:?}");
     }
 }

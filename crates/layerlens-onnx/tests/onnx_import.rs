@@ -337,14 +337,24 @@ fn legacy_opsets_import_unchanged_ops_and_refuse_changed_ones_by_name() {
             vec![ints("shape", vec![0, -1])],
             "Reshape with its target as a 'shape' attribute (opset 4) is not supported",
         ),
-        ("Cast", 5, vec![], "Cast with a string 'to' attribute (opset 5)"),
+        (
+            "Cast",
+            5,
+            vec![],
+            "Cast with a string 'to' attribute (opset 5)",
+        ),
         (
             "Concat",
             3,
             vec![],
             "Concat without an axis attribute (axis 1 before opset 4) (opset 3)",
         ),
-        ("Pad", 1, vec![], "Pad with a 'paddings' attribute (opset 1)"),
+        (
+            "Pad",
+            1,
+            vec![],
+            "Pad with a 'paddings' attribute (opset 1)",
+        ),
         ("PRelu", 6, vec![], "PRelu before opset 7"),
     ] {
         let e = model(op, opset, attrs).unwrap_err().to_string();

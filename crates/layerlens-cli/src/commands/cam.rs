@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 /// Example: layerlens cam zoo:efficientnet_lite0=imagenet --input cat.png --layer _relu1 --method gradcam++ --out cam.png
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    /// An .onnx file, a Keras .keras / .h5 file, a saved layerlens model directory, or
+    /// zoo:NAME[=WEIGHTS] (a .pth / .safetensors / Keras weights file, `imagenet` for the
+    /// published weights, `random` for none).
     model: String,
     #[command(flatten)]
     shapes: super::OpenArgs,

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 /// Example: layerlens explore zoo:efficientnet_lite0=lite0.pth --input cat.png --input dog.png
 #[derive(clap::Args)]
 pub struct Args {
-    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    /// An .onnx file, a Keras .keras / .h5 file, a saved layerlens model directory, or
+    /// zoo:NAME[=WEIGHTS] (a .pth / .safetensors / Keras weights file, `imagenet` for the
+    /// published weights, `random` for none).
     pub model: String,
     #[command(flatten)]
     pub shapes: super::OpenArgs,

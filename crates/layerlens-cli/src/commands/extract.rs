@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 /// Example: layerlens extract model.onnx --input photos/ --layers 'layer*' --preprocess imagenet --out feats/ --shard 2/8 --resume
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    /// An .onnx file, a Keras .keras / .h5 file, a saved layerlens model directory, or
+    /// zoo:NAME[=WEIGHTS] (a .pth / .safetensors / Keras weights file, `imagenet` for the
+    /// published weights, `random` for none).
     model: String,
     #[command(flatten)]
     shapes: super::OpenArgs,

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 /// Example: layerlens report zoo:seed_cnn --input boot.png --out report.html
 #[derive(clap::Args)]
 pub struct Args {
-    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    /// An .onnx file, a Keras .keras / .h5 file, a saved layerlens model directory, or
+    /// zoo:NAME[=WEIGHTS] (a .pth / .safetensors / Keras weights file, `imagenet` for the
+    /// published weights, `random` for none).
     model: String,
     #[command(flatten)]
     shapes: super::OpenArgs,

@@ -14,7 +14,9 @@ use anyhow::Result;
 /// Example: layerlens summary detector.onnx --input-shape 3,640,640
 #[derive(clap::Args)]
 pub struct Args {
-    /// An .onnx file, a Keras .keras/.h5 file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    /// An .onnx file, a Keras .keras / .h5 file, a saved layerlens model directory, or
+    /// zoo:NAME[=WEIGHTS] (a .pth / .safetensors / Keras weights file, `imagenet` for the
+    /// published weights, `random` for none).
     model: String,
     #[command(flatten)]
     shapes: super::OpenArgs,

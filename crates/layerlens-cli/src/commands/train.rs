@@ -10,7 +10,9 @@ use std::path::PathBuf;
 /// Example: layerlens train zoo:seed_cnn --data fashion-mnist --epochs 3 --aux conv2d=0.1 --out trained
 #[derive(clap::Args)]
 pub struct Args {
-    /// An .onnx file, a saved layerlens model directory, or zoo:NAME[=WEIGHTS.pth].
+    /// An .onnx file, a Keras .keras / .h5 file, a saved layerlens model directory, or
+    /// zoo:NAME[=WEIGHTS] (a .pth / .safetensors / Keras weights file, `imagenet` for the
+    /// published weights, `random` for none).
     model: String,
     /// fashion-mnist (the full set, scripts/install-fashion-mnist.sh), embedded
     /// (the 2 000 / 500 image subset), or folder:PATH (one sub-folder per class).

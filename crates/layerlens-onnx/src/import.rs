@@ -173,11 +173,13 @@ pub fn graph_inputs(path: impl AsRef<Path>) -> Result<Vec<GraphInput>> {
         path: path.display().to_string(),
         message: format!("not an ONNX model (protobuf decoding failed: {e})"),
     })?;
-    let Some(graph) = model.graph else {
-        return Ok(Vec::new());
-    };
+    Ok(model.graph.as_ref().map(inputs_of).unwrap_or_default())
+}
+
+/// A graph's inputs that are not initializers.
+fn inputs_of(graph: &crate::proto::GraphProto) -> Vec<GraphInput> {
     let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    Ok(graph
+    graph
         .input
         .iter()
         .filter(|vi| !inits.contains(vi.name.as_str()))
@@ -185,7 +187,7 @@ pub fn graph_inputs(path: impl AsRef<Path>) -> Result<Vec<GraphInput>> {
             name: vi.name.clone(),
             dims: declared_dims(vi),
         })
-        .collect())
+        .collect()
 }
 
 /// The per-sample shape of `input` from the file and the options, or a
@@ -408,37 +410,95 @@ fn sanitize(name: &str) -> String {
 /// Imports an ONNX model from bytes; `base` is where external data files are
 /// looked up and `what` names the source in errors.
 pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions) -> Result<Model> {
+    build(&Decoded::new(bytes, base, what)?, opts, None)
+}
+
+/// An ONNX file decoded once: the protobuf, its opset checked, and every
+/// initializer read (external data included), ready to be imported at any
+/// input shape by [`build`].
+pub(crate) struct Decoded {
+    pub(crate) what: String,
+    model: ModelProto,
+    opset: i64,
+    initializers: Vec<(String, Const)>,
+}
+
+impl Decoded {
+    pub(crate) fn new(bytes: &[u8], base: &Path, what: &str) -> Result<Self> {
+        let bad = |m: String| Error::Format {
+            path: what.to_string(),
+            message: m,
+        };
+        let model = ModelProto::decode(bytes)
+            .map_err(|e| bad(format!("not an ONNX model (protobuf decoding failed: {e})")))?;
+        let graph = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| bad("the model has no graph".into()))?;
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+            .ok_or_else(|| bad("no default-domain opset in opset_import".into()))?;
+        // Opsets 22-25 change only the data types of the ops translated here;
+        // before 7 a few ops and attributes meant other things (refused by name in
+        // `check_legacy_opset`).
+        if !(1..=25).contains(&opset) {
+            return Err(bad(format!("opset {opset} is not supported (1 to 25 are)")));
+        }
+        let initializers = graph
+            .initializer
+            .iter()
+            .map(|t| {
+                decode(t, base)
+                    .map(|c| (t.name.clone(), c))
+                    .map_err(|m| bad(format!("initializer '{}': {m}", t.name)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Decoded {
+            what: what.to_string(),
+            model,
+            opset,
+            initializers,
+        })
+    }
+
+    /// The graph inputs that are not initializers, with their declared dims.
+    pub(crate) fn inputs(&self) -> Vec<GraphInput> {
+        self.model.graph.as_ref().map(inputs_of).unwrap_or_default()
+    }
+}
+
+/// Translates a decoded model at the input shapes `opts` resolve. With
+/// `shared`, parameters of the same key and shape are `shared`'s own (one
+/// storage) and so are its hooks: another specialisation of the same file.
+pub(crate) fn build(
+    decoded: &Decoded,
+    opts: &ImportOptions,
+    shared: Option<&Model>,
+) -> Result<Model> {
+    let what = decoded.what.as_str();
     let bad = |m: String| Error::Format {
         path: what.to_string(),
         message: m,
     };
-    let model = ModelProto::decode(bytes)
-        .map_err(|e| bad(format!("not an ONNX model (protobuf decoding failed: {e})")))?;
-    let graph = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| bad("the model has no graph".into()))?;
-    let opset = model
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .ok_or_else(|| bad("no default-domain opset in opset_import".into()))?;
-    // Opsets 22-25 change only the data types of the ops translated here;
-    // before 7 a few ops and attributes meant other things (refused by name in
-    // `check_legacy_opset`).
-    if !(1..=25).contains(&opset) {
-        return Err(bad(format!("opset {opset} is not supported (1 to 25 are)")));
-    }
+    let model = &decoded.model;
+    let graph = model.graph.as_ref().expect("checked when decoded");
+    let opset = decoded.opset;
     let name = if graph.name.is_empty() {
         "onnx_model".to_string()
     } else {
         sanitize(&graph.name)
     };
+    let g = match shared {
+        Some(m) => Functional::new(&name).sharing(m),
+        None => Functional::new(&name),
+    };
     let mut im = Importer {
         what,
         opset,
-        g: Functional::new(&name),
+        g,
         values: HashMap::new(),
         weights: Vec::new(),
         static_batch: None,
@@ -466,9 +526,8 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
             (call && !own_params && im.module_paths.contains(base)).then(|| base.to_string())
         })
         .collect();
-    for t in &graph.initializer {
-        let c = decode(t, base).map_err(|m| bad(format!("initializer '{}': {m}", t.name)))?;
-        im.values.insert(t.name.clone(), Value::Const(c));
+    for (name, c) in &decoded.initializers {
+        im.values.insert(name.clone(), Value::Const(c.clone()));
     }
     let real_inputs: Vec<_> = graph
         .input
@@ -540,6 +599,15 @@ pub fn import_bytes(bytes: &[u8], base: &Path, what: &str, opts: &ImportOptions)
     let Importer { g, weights, .. } = im;
     let model = g.build(&outputs)?;
     for (k, t) in weights {
+        // A shared parameter already holds the file's value, or whatever training
+        // has made of it since: it is not reset.
+        if shared.is_some_and(|m| {
+            m.params()
+                .get(&k)
+                .is_ok_and(|p| p.kind != layerlens_core::params::ParamKind::Constant)
+        }) {
+            continue;
+        }
         model
             .params()
             .set(&k, &t)

@@ -17,11 +17,13 @@
 //! # Ok::<(), layerlens_core::Error>(())
 //! ```
 
+mod dynamic;
 mod fold;
 mod import;
 pub mod proto;
 mod tensor;
 
+pub use dynamic::{OnnxModel, ShapeCache};
 pub use import::{
     graph_inputs, import, import_bytes, import_with, GraphInput, ImportOptions, InputDim,
     SUPPORTED_OPS,

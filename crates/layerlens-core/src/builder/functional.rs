@@ -145,6 +145,21 @@ impl Functional {
         f
     }
 
+    /// Builds a new graph that shares `model`'s trainable parameters and buffers
+    /// (same key and shape: one storage, so training either model trains both)
+    /// and its hooks (registered on node names), while constants stay its own:
+    /// another specialisation of one file, such as an ONNX model imported at a
+    /// second input size.
+    pub fn sharing(mut self, model: &Model) -> Self {
+        for (k, p) in model.params().iter() {
+            if p.kind != ParamKind::Constant {
+                self.params.insert_param(k.to_string(), p.clone());
+            }
+        }
+        self.hooks = Some(model.hooks.clone());
+        self
+    }
+
     /// A builder whose parameters come from `params` (used when loading).
     pub(crate) fn with_params(name: &str, params: ParamStore, device: &Device) -> Self {
         let mut f = Functional::new(name).on_device(device);

@@ -198,3 +198,117 @@ fn unresolved_or_contradictory_sizes_are_one_line_errors_naming_them() {
     assert!(e.contains("fixed input shapes"), "{e}");
     assert!(!std::path::Path::new("/tmp/never-written.safetensors").exists());
 }
+
+/// `--keep-size`: a directory of images of two sizes runs each image at its own
+/// size, one directory of shards per size, each row equal to a one-image
+/// extraction at that size (`--input-shape`, which then resizes nothing); an
+/// unreadable image is skipped and listed; misuse is a one-line error.
+#[test]
+fn keep_size_groups_images_by_size_into_one_directory_each() {
+    let model = fixture("dynamic_hw.onnx");
+    let dir = scratch("keep-size");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let sizes = [("a.png", 20, 16), ("b.png", 12, 24), ("c.png", 20, 16)];
+    for (i, (name, w, h)) in sizes.iter().enumerate() {
+        image::RgbImage::from_fn(*w, *h, |x, y| {
+            image::Rgb([(x * 9 + i as u32 * 40) as u8, (y * 7) as u8, 30])
+        })
+        .save(images.join(name))
+        .unwrap();
+    }
+    std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    let out = dir.join("out");
+    let text = layerlens(&[
+        "extract",
+        &model,
+        "--input",
+        images.to_str().unwrap(),
+        "--layers",
+        "y",
+        "--keep-size",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.contains("2 image size(s)"), "{stderr}");
+    assert!(
+        stderr.contains("broken.png"),
+        "the unreadable image is listed: {stderr}"
+    );
+    for (sub, files, h, w) in [
+        ("16x20", vec!["a.png", "c.png"], 16, 20),
+        ("24x12", vec!["b.png"], 24, 12),
+    ] {
+        let shard = candle_core::safetensors::load(
+            out.join(sub).join("shard-00000.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(shard["y"].dims(), &[files.len(), 2, h, w], "{sub}");
+        assert!(out.join(sub).join("manifest.jsonl").exists());
+        for (row, name) in files.iter().enumerate() {
+            let one = dir.join(format!("{name}.safetensors"));
+            ok(&layerlens(&[
+                "extract",
+                &model,
+                "--input",
+                images.join(name).to_str().unwrap(),
+                "--input-shape",
+                &format!("3,{h},{w}"),
+                "--layers",
+                "y",
+                "--out",
+                one.to_str().unwrap(),
+            ]));
+            let want = candle_core::safetensors::load(&one, &Device::Cpu).unwrap();
+            assert_close(&shard["y"].narrow(0, row, 1).unwrap(), &want["y"]);
+        }
+    }
+    let manifest = std::fs::read_to_string(out.join("16x20/manifest.jsonl")).unwrap();
+    assert!(manifest.contains("broken.png"), "{manifest}");
+    for (extra, needle) in [
+        (
+            vec!["--out", "/tmp/x.safetensors"],
+            "give --out a directory",
+        ),
+        (
+            vec!["--out", "/tmp/never", "--input-shape", "3,8,8"],
+            "drop one of them",
+        ),
+    ] {
+        let mut args = vec![
+            "extract",
+            model.as_str(),
+            "--input",
+            images.to_str().unwrap(),
+            "--layers",
+            "y",
+            "--keep-size",
+        ];
+        args.extend(extra);
+        let e = one_line_error(&layerlens(&args));
+        assert!(e.contains(needle), "{e}");
+    }
+    let e = one_line_error(&layerlens(&[
+        "extract",
+        "zoo:seed_cnn",
+        "--input",
+        images.to_str().unwrap(),
+        "--layers",
+        "conv2d",
+        "--keep-size",
+        "--out",
+        "/tmp/never",
+    ]));
+    assert!(
+        e.contains("--keep-size is for an ONNX model whose input size is symbolic"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -59,6 +59,14 @@ pub fn load_image(
     from_image(&fit_image(img, size, size), channels, preset)
 }
 
+/// An image file's `(width, height)` from its header, without decoding it.
+pub fn image_size(path: &Path) -> Result<(u32, u32)> {
+    image::image_dimensions(path).map_err(|e| Error::Format {
+        path: path.display().to_string(),
+        message: format!("cannot read the image size: {e}"),
+    })
+}
+
 /// Decodes an image file (png, jpg), naming the file in the error.
 pub fn decode_image(path: &Path) -> Result<image::DynamicImage> {
     image::open(path).map_err(|e| Error::Format {

@@ -77,6 +77,12 @@ pub struct Args {
     /// Image decoding threads (default: half the cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// For an ONNX model whose input size is symbolic: run every image at its
+    /// own size instead of resizing, one import per size (the file is decoded
+    /// once and the imports share their weights), into one directory of shards
+    /// per size, OUT/HxW/.
+    #[arg(long)]
+    keep_size: bool,
 }
 
 /// Runs the extraction.
@@ -89,6 +95,9 @@ pub fn run(a: &Args) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let format = a.format.as_deref().map(OutputFormat::parse).transpose()?;
+    if a.keep_size {
+        return extract_keep_size(a, format);
+    }
     let model = super::open_model(&a.model, &a.shapes, &a.input)?;
     let apply = a.apply.as_deref().map(Apply::parse).transpose()?;
     let (xmodel, names) = extraction_model(&model, &parse_layers(&a.layers)?, apply)?;
@@ -177,6 +186,98 @@ fn extract_to_file(
         eprintln!("  {name}: {:?}", t.dims());
     }
     non_finite.warnings().iter().for_each(|w| eprintln!("{w}"));
+    Ok(())
+}
+
+/// `--keep-size`: images grouped by their size, each group streamed through
+/// the import at that size into OUT/HxW/.
+fn extract_keep_size(a: &Args, format: Option<OutputFormat>) -> Result<()> {
+    use layerlens::onnx::{InputDim, OnnxModel, ShapeCache};
+    if OutputFormat::from_path(&a.out).is_some() {
+        bail!(
+            "--keep-size writes one directory of shards per image size (OUT/HxW/): give --out a directory, not {}",
+            a.out.display()
+        );
+    }
+    if !a.shapes.input_shape.is_empty() {
+        bail!("--keep-size runs each image at its own size; --input-shape resizes them all to one: drop one of them");
+    }
+    if !Path::new(&a.model).extension().is_some_and(|e| e == "onnx") {
+        bail!(
+            "--keep-size is for an ONNX model whose input size is symbolic; {} is not an .onnx file",
+            a.model
+        );
+    }
+    let source = OnnxModel::open(&a.model)?;
+    let channels = match source.inputs() {
+        [only] if only.is_symbolic() && only.dims.len() == 4 => match &only.dims[1] {
+            InputDim::Fixed(c) => *c,
+            other => bail!(
+                "--keep-size: input '{}' is declared {}: its channel count ({other}) must be fixed",
+                only.name,
+                only.dims_string()
+            ),
+        },
+        [only] => bail!(
+            "--keep-size needs one (N, C, H, W) input whose size is symbolic; '{}' is declared {}",
+            only.name,
+            only.dims_string()
+        ),
+        many => bail!(
+            "--keep-size needs a model with one input; this one has {}",
+            many.len()
+        ),
+    };
+    let mut paths = Vec::new();
+    for spec in &a.input {
+        let p = Path::new(spec);
+        if spec.starts_with("embedded:")
+            || p.extension()
+                .is_some_and(|e| e == "npy" || e == "safetensors")
+        {
+            bail!("{spec}: --keep-size is for images; a tensor input already runs at its own size");
+        }
+        paths.push(p.to_path_buf());
+    }
+    // Group by the size in each file's header; an unreadable image joins the
+    // first group, whose run skips and lists it like any other.
+    let mut groups: BTreeMap<(u32, u32), Vec<String>> = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    for item in layerlens::extract::list_images(&paths)? {
+        let file = item.path.display().to_string();
+        match layerlens::preprocess::image_size(&item.path) {
+            Ok((w, h)) => groups.entry((h, w)).or_default().push(file),
+            Err(_) => unreadable.push(file),
+        }
+    }
+    let Some(first) = groups.values_mut().next() else {
+        bail!("no readable image among the inputs");
+    };
+    first.extend(unreadable);
+    let cache = ShapeCache::new(source, 4);
+    let apply = a.apply.as_deref().map(Apply::parse).transpose()?;
+    let layers = parse_layers(&a.layers)?;
+    eprintln!(
+        "{} image size(s): one directory of shards each",
+        groups.len()
+    );
+    for ((h, w), files) in groups {
+        let model = cache.model_for(&[vec![channels, h as usize, w as usize]])?;
+        let (xmodel, names) = extraction_model(&model, &layers, apply)?;
+        let group = Args {
+            input: files,
+            out: a.out.join(format!("{h}x{w}")),
+            ..a.clone()
+        };
+        extract_to_dir(
+            &group,
+            &model,
+            &xmodel,
+            &names,
+            format.unwrap_or(OutputFormat::Safetensors),
+        )
+        .with_context(|| format!("images of {w}x{h}"))?;
+    }
     Ok(())
 }
 

@@ -202,7 +202,7 @@ fn extract_keep_size(a: &Args, format: Option<OutputFormat>) -> Result<()> {
     if !a.shapes.input_shape.is_empty() {
         bail!("--keep-size runs each image at its own size; --input-shape resizes them all to one: drop one of them");
     }
-    if !Path::new(&a.model).extension().is_some_and(|e| e == "onnx") {
+    if Path::new(&a.model).extension().is_none_or(|e| e != "onnx") {
         bail!(
             "--keep-size is for an ONNX model whose input size is symbolic; {} is not an .onnx file",
             a.model

@@ -150,6 +150,36 @@ impl ShapeCache {
         Ok(model)
     }
 
+    /// The model at the sizes `opts` give (`--input-shape`, `--dim`), imported
+    /// and cached like [`ShapeCache::model_for`]'s, under the input shapes it
+    /// resolves to.
+    pub fn model_with(&self, opts: &ImportOptions) -> Result<Model> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let model = match entries.last() {
+            Some((_, newest)) => self.source.import_sharing(opts, newest)?,
+            None => self.source.import(opts)?,
+        };
+        let g = model.graph();
+        let shapes: Vec<Vec<usize>> = g
+            .inputs()
+            .iter()
+            .map(|&id| g.node(id).shape.dims().to_vec())
+            .collect();
+        if let Some(i) = entries.iter().position(|(k, _)| *k == shapes) {
+            // Already there: keep that one (it may hold plans) and drop this import.
+            let hit = entries.remove(i);
+            let cached = hit.1.clone();
+            entries.push(hit);
+            return Ok(cached);
+        }
+        self.imports.fetch_add(1, Ordering::Relaxed);
+        entries.push((shapes, model.clone()));
+        if entries.len() > self.capacity {
+            entries.remove(0);
+        }
+        Ok(model)
+    }
+
     /// [`ShapeCache::model_for`] with the shapes of batched input tensors
     /// (their dimensions after the first).
     pub fn model_for_inputs(&self, inputs: &[Tensor]) -> Result<Model> {

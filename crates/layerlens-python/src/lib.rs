@@ -251,6 +251,9 @@ impl HookHandle {
 #[pyclass(module = "layerlens._layerlens", frozen)]
 struct Model {
     model: layerlens::Model,
+    /// For an ONNX file of symbolic input size: its imports by size, sharing
+    /// `model`'s weights and hooks; arrays of another size run on theirs.
+    sizes: Option<Arc<layerlens::onnx::ShapeCache>>,
     /// How it was opened, when it was (for `repr`).
     spec: Option<String>,
     pool: Pool,
@@ -262,9 +265,25 @@ impl Model {
     fn wrap(model: layerlens::Model, spec: Option<String>, threads: usize) -> Self {
         Model {
             model,
+            sizes: None,
             spec,
             pool: Pool::new(threads),
             hook_errors: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The model for the batch `x`: this one, or for an ONNX file of symbolic
+    /// input size whose arrays come at another size, its import at that size
+    /// (made once, cached, sharing weights and hooks).
+    fn sized_for(&self, x: &Tensor) -> layerlens::Result<layerlens::Model> {
+        let g = self.model.graph();
+        let same = g
+            .inputs()
+            .first()
+            .is_some_and(|&id| g.node(id).shape.dims() == x.dims().get(1..).unwrap_or(&[]));
+        match &self.sizes {
+            Some(cache) if !same => cache.model_for_inputs(std::slice::from_ref(x)),
+            _ => Ok(self.model.clone()),
         }
     }
 
@@ -407,10 +426,15 @@ impl Model {
             )?;
         }
         let spec_owned = spec.to_string();
-        let model = py
-            .detach(|| spec::open_model_with(&spec_owned, &shapes))
+        let (sizes, model) = py
+            .detach(|| match spec::open_onnx_sizes(&spec_owned, &shapes, 4)? {
+                Some((cache, model)) => Ok((Some(cache), model)),
+                None => spec::open_model_with(&spec_owned, &shapes).map(|m| (None, m)),
+            })
             .map_err(to_py)?;
-        Ok(Model::wrap(model, Some(spec.to_string()), threads))
+        let mut wrapped = Model::wrap(model, Some(spec.to_string()), threads);
+        wrapped.sizes = sizes;
+        Ok(wrapped)
     }
 
     /// The model's name.
@@ -471,7 +495,8 @@ impl Model {
         let x = tensor_from_any(x)?;
         let arrays = self.compute(py, || {
             let refs: Vec<&str> = sel.iter().map(String::as_str).collect();
-            let (xmodel, names) = spec::extraction_model(&self.model, &refs, apply)?;
+            let model = self.sized_for(&x)?;
+            let (xmodel, names) = spec::extraction_model(&model, &refs, apply)?;
             Self::run_batches(&xmodel, &names, &x, batch_size)
         })?;
         Self::to_dict(py, arrays)
@@ -497,7 +522,8 @@ impl Model {
         let arrays = self.compute(py, || {
             let x = self.load_images(&images, preset)?;
             let refs: Vec<&str> = sel.iter().map(String::as_str).collect();
-            let (xmodel, names) = spec::extraction_model(&self.model, &refs, apply)?;
+            let model = self.sized_for(&x)?;
+            let (xmodel, names) = spec::extraction_model(&model, &refs, apply)?;
             Self::run_batches(&xmodel, &names, &x, batch_size)
         })?;
         Self::to_dict(py, arrays)
@@ -553,7 +579,7 @@ impl Model {
                 class: class_index,
                 ..CamOptions::new(method, &layer)
             };
-            let c = cam(&self.model, &x, &opts)?.remove(0);
+            let c = cam(&self.sized_for(&x)?, &x, &opts)?.remove(0);
             Ok((
                 c.class,
                 c.score,
@@ -585,7 +611,7 @@ impl Model {
         let x = tensor_from_any(x)?;
         let target = target.to_string();
         let arrays = self.compute(py, || {
-            let g = self.model.gradients(
+            let g = self.sized_for(&x)?.gradients(
                 std::slice::from_ref(&x),
                 &[target.as_str()],
                 &wrt,

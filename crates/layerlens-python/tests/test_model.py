@@ -321,6 +321,29 @@ def test_symbolic_onnx_sizes_are_given_like_the_cli():
         layerlens.Model.load(path, input_shape="3,24,12")
 
 
+def test_symbolic_onnx_model_runs_arrays_of_any_size_sharing_hooks():
+    """A model opened at one size runs arrays of another at theirs (one import
+    per size, weights and hooks shared), matching a model opened at that size."""
+    from conftest import ROOT
+
+    path = str(ROOT / "crates/layerlens-onnx/tests/fixtures/dynamic_hw.onnx")
+    m = layerlens.Model.load(path, input_shape=(3, 16, 20))
+    rng = np.random.default_rng(3)
+    seen = []
+    with m.register_forward_hook("relu1", lambda name, a: seen.append(a.shape)):
+        for h, w in [(16, 20), (24, 12), (8, 8), (24, 12)]:
+            x = rng.normal(size=(2, 3, h, w)).astype(np.float32)
+            got = m.extract(x, ["up", "pool1"])
+            assert got["up"].shape == (2, 2, h, w)
+            want = layerlens.Model.load(path, input_shape=(3, h, w)).extract(x, ["up", "pool1"])
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
+    assert seen == [(2, 4, 16, 20), (2, 4, 24, 12), (2, 4, 8, 8), (2, 4, 24, 12)]
+    # A shape the file fixes is still refused, naming it.
+    with pytest.raises(ValueError, match="dim 1 cannot be 4"):
+        m.extract(np.zeros((1, 4, 8, 8), np.float32), "up")
+
+
 def test_keras_lambdas_are_bound_like_the_cli():
     from conftest import ROOT
 

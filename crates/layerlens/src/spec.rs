@@ -259,6 +259,29 @@ pub fn open_model_with(spec: &str, shapes: &OpenOptions) -> Result<Model> {
     Model::load(path, &Device::Cpu)
 }
 
+/// For an ONNX file whose input sizes are symbolic: the file decoded once
+/// behind a [`ShapeCache`](crate::onnx::ShapeCache) of `capacity` imports, and
+/// the import at the sizes `shapes` give. `None` for any other model.
+pub fn open_onnx_sizes(
+    spec: &str,
+    shapes: &OpenOptions,
+    capacity: usize,
+) -> Result<Option<(std::sync::Arc<crate::onnx::ShapeCache>, Model)>> {
+    if !Path::new(spec).extension().is_some_and(|e| e == "onnx") {
+        return Ok(None);
+    }
+    let source = crate::onnx::OnnxModel::open(spec)?;
+    if !source.is_dynamic() {
+        return Ok(None);
+    }
+    let cache = crate::onnx::ShapeCache::new(source, capacity);
+    let model = cache.model_with(&crate::onnx::ImportOptions {
+        input_shapes: shapes.input_shapes.clone(),
+        dims: shapes.dims.clone(),
+    })?;
+    Ok(Some((std::sync::Arc::new(cache), model)))
+}
+
 /// The file `zoo:NAME=WEIGHTS` loads: a published name (`imagenet`, fetched
 /// into the [`crate::hub`] cache on first use), else a path. A bare word that
 /// is neither is refused with the names the model has.

@@ -267,7 +267,7 @@ pub fn open_onnx_sizes(
     shapes: &OpenOptions,
     capacity: usize,
 ) -> Result<Option<(std::sync::Arc<crate::onnx::ShapeCache>, Model)>> {
-    if !Path::new(spec).extension().is_some_and(|e| e == "onnx") {
+    if Path::new(spec).extension().is_none_or(|e| e != "onnx") {
         return Ok(None);
     }
     let source = crate::onnx::OnnxModel::open(spec)?;

@@ -82,6 +82,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "PRelu",
     "LayerNormalization",
     "GlobalMaxPool",
+    "LRN",
 ];
 
 /// Import settings: what fixes the symbolic dimensions of the graph inputs.
@@ -1277,6 +1278,7 @@ impl Importer<'_> {
                 self.g.add_as(&name, p, &[x])?
             }
             "PRelu" => self.prelu(n, &name, x)?,
+            "LRN" => self.lrn(n, &name, x)?,
             "LayerNormalization" => return self.layer_norm(n, &name, x),
             "Flatten" => {
                 if Self::int(n, "axis").unwrap_or(1) != 1 {
@@ -1801,6 +1803,98 @@ impl Importer<'_> {
             Value::Node(r) => Ok(r),
             Value::Const(_) => unreachable!("every step made a node"),
         }
+    }
+
+    /// `LRN` (local response normalisation across channels, AlexNet/GoogLeNet):
+    /// `x / (bias + alpha/size · Σ x²)^beta`, the sum over the `size` channels
+    /// around each one (⌊(size−1)/2⌋ before, ⌈(size−1)/2⌉ after, zeros past the
+    /// ends). Composed from existing nodes: the squares reshaped to one
+    /// `(1, C, H·W)` plane, averaged over `size` rows with zero padding counted
+    /// (so `Σ/size`), reshaped back, scaled, shifted, raised to `beta`, divided
+    /// into `x`; the intermediate nodes are named `NAME_square`, … .
+    fn lrn(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let Some((c, h, w)) = self.g.shape(x).chw() else {
+            return Err(self.err(
+                n,
+                format!(
+                    "LRN is supported on (N, C, H, W) inputs only, got per-sample {}",
+                    self.g.shape(x)
+                ),
+            ));
+        };
+        let size = match Self::int(n, "size") {
+            Some(s) if s >= 1 => s as usize,
+            other => {
+                return Err(self.err(
+                    n,
+                    format!("LRN needs a positive 'size' attribute, has {other:?}"),
+                ))
+            }
+        };
+        let alpha = Self::float(n, "alpha").unwrap_or(1e-4);
+        let beta = Self::float(n, "beta").unwrap_or(0.75);
+        let bias = Self::float(n, "bias").unwrap_or(1.0);
+        let scalar = |v: f32| {
+            Value::Const(Const {
+                dims: vec![],
+                data: Data::F32(vec![v]),
+            })
+        };
+        let two = Elementwise {
+            kind: BinaryKind::Mul,
+            constant: None,
+        };
+        let sq = self
+            .g
+            .add_as(&self.fresh_name(&format!("{name}_square")), two, &[x, x])?;
+        let plane = self.g.add_as(
+            &self.fresh_name(&format!("{name}_plane")),
+            Reshape::new([1, c as isize, (h * w) as isize]),
+            &[sq],
+        )?;
+        let window = Pool2d {
+            kind: PoolKind::Avg,
+            kernel: [size, 1],
+            stride: [1, 1],
+            padding: Padding::Explicit([(size - 1) / 2, size / 2, 0, 0]),
+            count_include_pad: true,
+        };
+        let avg = self.g.add_as(
+            &self.fresh_name(&format!("{name}_window_mean")),
+            window,
+            &[plane],
+        )?;
+        let back = self.g.add_as(
+            &self.fresh_name(&format!("{name}_window_mean_chw")),
+            Reshape::new([c as isize, h as isize, w as isize]),
+            &[avg],
+        )?;
+        let scaled_name = self.fresh_name(&format!("{name}_scaled"));
+        let scaled = self.binary_of(
+            n,
+            &scaled_name,
+            BinaryKind::Mul,
+            &Value::Node(back),
+            &scalar(alpha),
+        )?;
+        let shifted_name = self.fresh_name(&format!("{name}_shifted"));
+        let shifted = self.binary_of(
+            n,
+            &shifted_name,
+            BinaryKind::Add,
+            &Value::Node(scaled),
+            &scalar(bias),
+        )?;
+        let denom = self.g.add_as(
+            &self.fresh_name(&format!("{name}_denominator")),
+            Activation::Pow { exponent: beta },
+            &[shifted],
+        )?;
+        let div = Elementwise {
+            kind: BinaryKind::Div,
+            constant: None,
+        };
+        self.g.add_as(name, div, &[x, denom])
     }
 
     /// `PRelu(x, slope)` with a constant slope that broadcasts against `x`

@@ -856,7 +856,7 @@ impl Importer<'_> {
                 let w = self.vars(l, &[1 + bias as usize])?;
                 let r = match x.kshape.len() {
                     1 => {
-                        let d = Dense { units, bias, activation: act, in_features: 0 };
+                        let d = Dense { units, bias, activation: act, in_features: 0, any_rank: false };
                         let r = self.add(l, None, d, &[x.r])?;
                         self.param(&l.name, "weight", layout::dense_kernel(&w[0])?);
                         r

@@ -119,8 +119,149 @@ pub(crate) fn fold(
             if inputs.iter().any(|c| c.dims.len() > 1) {
                 return Err("only 1-D Concat is folded".into());
             }
-            let v: Vec<i64> = inputs.iter().flat_map(|c| c.ints()).collect();
-            Ok(Const::i64s(vec![v.len()], v))
+            // Integers stay integers (shapes); anything else is concatenated as
+            // floats (Resize scales), never truncated.
+            if inputs.iter().all(|c| matches!(c.data, Data::I64(_))) {
+                let v: Vec<i64> = inputs.iter().flat_map(|c| c.ints()).collect();
+                Ok(Const::i64s(vec![v.len()], v))
+            } else {
+                if inputs
+                    .iter()
+                    .any(|c| c.ints().contains(&BATCH) && matches!(c.data, Data::I64(_)))
+                {
+                    return Err("Concat of the batch size with floats is not folded".into());
+                }
+                let v: Vec<f32> = inputs.iter().flat_map(|c| c.floats()).collect();
+                Ok(Const {
+                    dims: vec![v.len()],
+                    data: Data::F32(v),
+                })
+            }
+        }
+        "Reshape" => {
+            need(2)?;
+            let (c, target) = (&inputs[0], inputs[1].ints());
+            if target.contains(&BATCH)
+                || c.ints().contains(&BATCH) && matches!(c.data, Data::I64(_))
+            {
+                return Err("Reshape of a constant involving the batch size is not folded".into());
+            }
+            let allow_zero = attr_int("allowzero").unwrap_or(0) == 1;
+            let mut dims: Vec<i64> = target
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match d {
+                    0 if !allow_zero => c.dims.get(i).map(|&v| v as i64).ok_or_else(|| {
+                        format!("0 in reshape target {target:?} copies a dim the constant lacks")
+                    }),
+                    d => Ok(d),
+                })
+                .collect::<Result<_, String>>()?;
+            let known: i64 = dims.iter().filter(|&&d| d != -1).product();
+            match dims.iter().filter(|&&d| d == -1).count() {
+                0 => {}
+                1 if known > 0 && c.len() as i64 % known == 0 => {
+                    let inferred = c.len() as i64 / known;
+                    dims.iter_mut()
+                        .filter(|d| **d == -1)
+                        .for_each(|d| *d = inferred);
+                }
+                _ => {
+                    return Err(format!(
+                        "reshape target {target:?} cannot be resolved for {} values",
+                        c.len()
+                    ))
+                }
+            }
+            if dims.iter().any(|&d| d < 0) || dims.iter().product::<i64>() != c.len() as i64 {
+                return Err(format!(
+                    "cannot reshape a constant of dims {:?} to {target:?}",
+                    c.dims
+                ));
+            }
+            Ok(Const {
+                dims: dims.iter().map(|&d| d as usize).collect(),
+                data: c.data.clone(),
+            })
+        }
+        "Transpose" => {
+            let c = &inputs[0];
+            let rank = c.dims.len();
+            let perm: Vec<usize> = match attr_ints("perm") {
+                Some(p) => p.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?,
+                None => (0..rank).rev().collect(),
+            };
+            let mut seen = perm.clone();
+            seen.sort_unstable();
+            if seen != (0..rank).collect::<Vec<_>>() {
+                return Err(format!("perm {perm:?} is not a permutation of {rank} axes"));
+            }
+            let out_dims: Vec<usize> = perm.iter().map(|&p| c.dims[p]).collect();
+            let src_strides = strides(&c.dims);
+            let index = |flat: usize| -> usize {
+                // The source offset of output element `flat`.
+                let mut rest = flat;
+                let mut off = 0;
+                for (k, &d) in out_dims.iter().enumerate().rev() {
+                    let i = rest % d;
+                    rest /= d;
+                    off += i * src_strides[perm[k]];
+                }
+                off
+            };
+            Ok(Const {
+                dims: out_dims.clone(),
+                data: gather_data(&c.data, c.len(), index),
+            })
+        }
+        "Expand" => {
+            need(2)?;
+            let (c, shape) = (&inputs[0], inputs[1].ints());
+            if shape.contains(&BATCH) {
+                return Err("Expand of a constant to the batch size is not folded".into());
+            }
+            if shape.iter().any(|&d| d < 0) {
+                return Err(format!("Expand to a negative size {shape:?}"));
+            }
+            let rank = shape.len().max(c.dims.len());
+            let pad = |d: &[usize]| -> Vec<usize> {
+                std::iter::repeat_n(1, rank - d.len())
+                    .chain(d.iter().copied())
+                    .collect()
+            };
+            let a = pad(&c.dims);
+            let b = pad(&shape.iter().map(|&d| d as usize).collect::<Vec<_>>());
+            let mut out_dims = Vec::with_capacity(rank);
+            for (&x, &y) in a.iter().zip(&b) {
+                out_dims.push(match (x, y) {
+                    (x, y) if x == y || y == 1 => x,
+                    (1, y) => y,
+                    _ => return Err(format!("cannot expand dims {:?} to {shape:?}", c.dims)),
+                });
+            }
+            let total: usize = out_dims.iter().product();
+            if total > MAX_FOLDED_ELEMENTS {
+                return Err(format!(
+                    "Expand to {out_dims:?} ({total} values) is too large to fold"
+                ));
+            }
+            let src_strides = strides(&a);
+            let index = |flat: usize| -> usize {
+                let mut rest = flat;
+                let mut off = 0;
+                for k in (0..rank).rev() {
+                    let i = rest % out_dims[k];
+                    rest /= out_dims[k];
+                    if a[k] != 1 {
+                        off += i * src_strides[k];
+                    }
+                }
+                off
+            };
+            Ok(Const {
+                dims: out_dims.clone(),
+                data: gather_data(&c.data, total, index),
+            })
         }
         "Unsqueeze" | "Squeeze" => {
             let c = &inputs[0];
@@ -225,6 +366,26 @@ pub(crate) fn fold(
     }
 }
 
+/// The largest constant folding may create (Expand): 64 Mi values.
+const MAX_FOLDED_ELEMENTS: usize = 1 << 26;
+
+/// Row-major strides of `dims`.
+fn strides(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; dims.len()];
+    for k in (0..dims.len().saturating_sub(1)).rev() {
+        s[k] = s[k + 1] * dims[k + 1];
+    }
+    s
+}
+
+/// `n` values, the `i`-th taken from `data[index(i)]`.
+fn gather_data(data: &Data, n: usize, index: impl Fn(usize) -> usize) -> Data {
+    match data {
+        Data::F32(v) => Data::F32((0..n).map(|i| v[index(i)]).collect()),
+        Data::I64(v) => Data::I64((0..n).map(|i| v[index(i)]).collect()),
+    }
+}
+
 /// `Max`, `Min` or `Sum` of two equal-size or scalar constants. The batch size
 /// is only known to be at least 1, so it takes part only as `Max(N, 1)`,
 /// `Min(N, N)`-like identities: anything else is refused.
@@ -322,6 +483,62 @@ mod tests {
             assert!(e.contains("arithmetic on the batch size"), "{op}: {e}");
         }
         assert_eq!(run("Mul", &[4, 5], &[2]).unwrap(), [8, 10]);
+    }
+
+    fn floats(dims: Vec<usize>, v: Vec<f32>) -> Const {
+        Const {
+            dims,
+            data: Data::F32(v),
+        }
+    }
+
+    #[test]
+    fn reshape_transpose_expand_and_float_concat_fold_exactly() {
+        let none = |_: &str| -> Option<Vec<i64>> { None };
+        let no_int = |_: &str| -> Option<i64> { None };
+        let c = floats(vec![2, 3], vec![0., 1., 2., 3., 4., 5.]);
+        let r = fold("Reshape", &[c.clone(), ints(&[3, -1])], &none, &no_int).unwrap();
+        assert_eq!((r.dims.clone(), r.floats()), (vec![3, 2], c.floats()));
+        let r = fold("Reshape", &[c.clone(), ints(&[0, 3])], &none, &no_int).unwrap();
+        assert_eq!(r.dims, [2, 3]);
+        assert!(fold("Reshape", &[c.clone(), ints(&[4, -1])], &none, &no_int).is_err());
+        assert!(fold("Reshape", &[c.clone(), ints(&[BATCH, 6])], &none, &no_int).is_err());
+        let t = fold("Transpose", &[c.clone()], &none, &no_int).unwrap();
+        assert_eq!(
+            (t.dims.clone(), t.floats()),
+            (vec![3, 2], vec![0., 3., 1., 4., 2., 5.])
+        );
+        let perm = |k: &str| (k == "perm").then(|| vec![0, 1]);
+        assert_eq!(fold("Transpose", &[c.clone()], &perm, &no_int).unwrap(), c);
+        let e = fold(
+            "Expand",
+            &[floats(vec![3, 1], vec![1., 2., 3.]), ints(&[2, 3, 2])],
+            &none,
+            &no_int,
+        )
+        .unwrap();
+        assert_eq!(e.dims, [2, 3, 2]);
+        assert_eq!(e.floats(), [1., 1., 2., 2., 3., 3., 1., 1., 2., 2., 3., 3.]);
+        assert!(fold("Expand", &[c.clone(), ints(&[BATCH, 2, 3])], &none, &no_int).is_err());
+        assert!(fold("Expand", &[c.clone(), ints(&[4, 3])], &none, &no_int).is_err());
+        // Float scales stay floats (they were truncated to integers once).
+        let cat = fold(
+            "Concat",
+            &[
+                floats(vec![2], vec![1., 1.]),
+                floats(vec![2], vec![1.5, 2.5]),
+            ],
+            &none,
+            &no_int,
+        )
+        .unwrap();
+        assert_eq!(cat.floats(), [1., 1., 1.5, 2.5]);
+        assert_eq!(
+            fold("Concat", &[ints(&[1]), ints(&[BATCH])], &none, &no_int)
+                .unwrap()
+                .ints(),
+            [1, BATCH]
+        );
     }
 
     #[test]

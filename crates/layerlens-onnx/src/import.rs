@@ -83,6 +83,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "LayerNormalization",
     "GlobalMaxPool",
     "LRN",
+    "ConstantOfShape",
 ];
 
 /// Import settings: what fixes the symbolic dimensions of the graph inputs.
@@ -937,6 +938,38 @@ impl Importer<'_> {
             );
             return Ok(());
         }
+        if op == "ConstantOfShape" {
+            let shape = self.constant(n, 0)?.ints();
+            if shape.iter().any(|&d| d < 0) {
+                return Err(self.err(
+                    n,
+                    format!("ConstantOfShape of {shape:?}: the batch size or a negative size is not supported"),
+                ));
+            }
+            let total = shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+                .filter(|&t| t <= 1 << 26)
+                .ok_or_else(|| self.err(n, format!("ConstantOfShape of {shape:?} is too large")))?;
+            let value = match attr(n, "value").and_then(|a| a.t.as_ref()) {
+                Some(t) => decode(t, Path::new(".")).map_err(|m| self.err(n, m))?,
+                None => Const {
+                    dims: vec![1],
+                    data: Data::F32(vec![0.0]),
+                },
+            };
+            if value.len() != 1 {
+                return Err(self.err(n, "ConstantOfShape's value must hold one element".into()));
+            }
+            let data = match value.data {
+                Data::F32(v) => Data::F32(vec![v[0]; total]),
+                Data::I64(v) => Data::I64(vec![v[0]; total]),
+            };
+            let dims = shape.iter().map(|&d| d as usize).collect();
+            self.values
+                .insert(n.output[0].clone(), Value::Const(Const { dims, data }));
+            return Ok(());
+        }
         let present: Vec<&String> = n.input.iter().filter(|s| !s.is_empty()).collect();
         let all_const = !present.is_empty()
             && present
@@ -1374,9 +1407,12 @@ impl Importer<'_> {
                         ),
                     ));
                 }
-                let r = self
-                    .g
-                    .add_as(&name, Dense::new(b.dims[1]).bias(false), &[x])?;
+                // On an N-D activation MatMul multiplies along the last axis.
+                let r = self.g.add_as(
+                    &name,
+                    Dense::new(b.dims[1]).bias(false).on_last_axis(),
+                    &[x],
+                )?;
                 self.weights.push((
                     format!("{name}.weight"),
                     Self::tensor(&b)?.t()?.contiguous()?,

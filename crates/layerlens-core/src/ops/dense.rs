@@ -20,6 +20,12 @@ pub struct Dense {
     /// Input features, resolved when first applied.
     #[serde(default)]
     pub in_features: usize,
+    /// Accept inputs of any rank, multiplying along their last axis (ONNX
+    /// `MatMul` on `(N, H, W, C)`, PyTorch `nn.Linear` on a channels-last map).
+    /// Off by default: a builder's Dense on an NCHW map would act on the width,
+    /// which is almost never meant, and is refused.
+    #[serde(default)]
+    pub any_rank: bool,
 }
 
 impl Dense {
@@ -30,7 +36,13 @@ impl Dense {
             bias: true,
             activation: None,
             in_features: 0,
+            any_rank: false,
         }
+    }
+    /// Multiplies along the last axis of inputs of any rank ([`Dense::any_rank`]).
+    pub fn on_last_axis(mut self) -> Self {
+        self.any_rank = true;
+        self
     }
     /// Sets the fused activation.
     pub fn activation(mut self, a: Activation) -> Self {
@@ -71,7 +83,7 @@ impl LayerOp for Dense {
                 ),
             ));
         }
-        if s.rank() > 1 {
+        if s.rank() > 1 && !self.any_rank {
             // Keras applies Dense to the last axis of an image tensor without complaint; in
             // NCHW that axis is the width, which is almost never what was meant.
             return Err(Error::shape(
@@ -83,7 +95,9 @@ impl LayerOp for Dense {
             ));
         }
         self.in_features = f;
-        Ok(Shape::new([self.units]))
+        let mut out = s.dims().to_vec();
+        *out.last_mut().expect("rank >= 1") = self.units;
+        Ok(Shape::new(out))
     }
 
     fn param_specs(&self) -> Vec<ParamSpec> {
@@ -109,9 +123,12 @@ impl LayerOp for Dense {
 
     fn forward(&self, inputs: &[Tensor], ctx: &ForwardCtx) -> Result<Tensor> {
         let w = ctx.param("weight")?;
-        let mut y = inputs[0]
-            .matmul(&w.t().at_node(ctx.node)?)
-            .at_node(ctx.node)?;
+        let wt = w.t().at_node(ctx.node)?;
+        let mut y = if inputs[0].rank() > 2 {
+            inputs[0].broadcast_matmul(&wt).at_node(ctx.node)?
+        } else {
+            inputs[0].matmul(&wt).at_node(ctx.node)?
+        };
         if self.bias {
             y = y.broadcast_add(&ctx.param("bias")?).at_node(ctx.node)?;
         }
@@ -121,7 +138,7 @@ impl LayerOp for Dense {
         }
     }
 
-    fn macs(&self, _inputs: &[Shape], _output: &Shape) -> u64 {
-        (self.in_features * self.units) as u64
+    fn macs(&self, _inputs: &[Shape], output: &Shape) -> u64 {
+        (self.in_features * output.elem_count()) as u64
     }
 }

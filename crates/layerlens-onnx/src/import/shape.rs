@@ -1,0 +1,397 @@
+//! Ops that move values without arithmetic: `Flatten`, `Reshape`,
+//! `Squeeze` / `Unsqueeze`, `Concat`, `Pad`, `Transpose`, `Slice`, `Split`,
+//! `Gather`, and `Shape` of an activation (refused).
+
+use super::{attr, sanitize, Importer, Value, BATCH};
+use crate::proto::NodeProto;
+use layerlens_core::builder::NodeRef;
+use layerlens_core::ops::{Concat, Flatten, Pad2d, PadMode, Permute, Reshape, Slice};
+use layerlens_core::{Result, Shape};
+
+impl Importer<'_> {
+    /// `Flatten`.
+    pub(super) fn flatten(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        if Self::int(n, "axis").unwrap_or(1) != 1 {
+            return Err(self.err(n, "Flatten is supported on axis 1 only".into()));
+        }
+        self.g.add_as(name, Flatten, &[x])
+    }
+
+    /// `Reshape`.
+    pub(super) fn reshape(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let target = self.constant(n, 1)?.ints();
+        let input = self.g.shape(x).clone();
+        let per = self.per_sample_reshape(n, &target, &input)?;
+        self.g.add_as(name, Reshape::new(per), &[x])
+    }
+
+    /// `Squeeze` / `Unsqueeze`.
+    pub(super) fn squeeze(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let op = n.op_type.as_str();
+        let axes = match self.opt_constant(n, 1)? {
+            Some(c) => c.ints(),
+            None => Self::ints(n, "axes").unwrap_or_default(),
+        };
+        let dims = self.g.shape(x).dims().to_vec();
+        let full: Vec<usize> = std::iter::once(1).chain(dims.iter().copied()).collect();
+        let out_rank = if op == "Unsqueeze" {
+            full.len() + axes.len()
+        } else {
+            full.len()
+        };
+        let ax = crate::fold::unique_axes(&axes, out_rank).map_err(|m| self.err(n, m))?;
+        if ax.contains(&0) {
+            return Err(self.err(
+                n,
+                "squeezing or unsqueezing the batch axis is not supported".into(),
+            ));
+        }
+        let full = if op == "Unsqueeze" {
+            crate::fold::unsqueeze(&full, &ax)
+        } else if ax.is_empty() {
+            std::iter::once(1)
+                .chain(dims.iter().copied().filter(|&d| d != 1))
+                .collect()
+        } else {
+            crate::fold::squeeze(&full, &ax).map_err(|m| self.err(n, m))?
+        };
+        let target: Vec<isize> = full[1..].iter().map(|&d| d as isize).collect();
+        self.g.add_as(name, Reshape::new(target), &[x])
+    }
+
+    /// `Concat`.
+    pub(super) fn concat(&mut self, n: &NodeProto, name: &str, _x: NodeRef) -> Result<NodeRef> {
+        let axis = Self::int(n, "axis").ok_or_else(|| self.err(n, "Concat without axis".into()))?;
+        let refs = (0..n.input.len())
+            .map(|i| self.node_input(n, i))
+            .collect::<Result<Vec<_>>>()?;
+        self.g.add_as(name, Concat::new(axis as isize), &refs)
+    }
+
+    /// `Pad`.
+    pub(super) fn pad(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let mode = attr(n, "mode")
+            .map(|a| String::from_utf8_lossy(&a.s).to_string())
+            .unwrap_or_else(|| "constant".into());
+        let (pads, value) = if self.opset >= 11 {
+            let v = self.opt_scalar(n, 2, "constant_value")?.unwrap_or(0.0);
+            (self.constant(n, 1)?.ints(), v)
+        } else {
+            (
+                Self::ints(n, "pads").unwrap_or_default(),
+                Self::float(n, "value").unwrap_or(0.0),
+            )
+        };
+        if pads.len() != 8
+            || pads[0] != 0
+            || pads[1] != 0
+            || pads[4] != 0
+            || pads[5] != 0
+            || pads.iter().any(|&p| p < 0)
+        {
+            return Err(self.err(n, format!("pads {pads:?}: only non-negative padding of the two spatial axes of an NCHW tensor is supported")));
+        }
+        let mode = match mode.as_str() {
+            "constant" => PadMode::Constant(value),
+            "edge" => PadMode::Edge,
+            other => {
+                return Err(self.err(
+                    n,
+                    format!("pad mode '{other}' is not supported (constant, edge are)"),
+                ))
+            }
+        };
+        let p = |i: usize| pads[i] as usize;
+        self.g.add_as(
+            name,
+            Pad2d {
+                pads: [p(2), p(6), p(3), p(7)],
+                mode,
+            },
+            &[x],
+        )
+    }
+
+    /// `Transpose`.
+    pub(super) fn transpose(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let rank = self.g.shape(x).rank() + 1;
+        let perm = Self::ints(n, "perm").unwrap_or_else(|| (0..rank as i64).rev().collect());
+        if perm.first() != Some(&0) {
+            return Err(self.err(
+                n,
+                format!("perm {perm:?} moves the batch axis; not supported"),
+            ));
+        }
+        let per: Vec<usize> = perm[1..].iter().map(|&p| (p - 1).max(0) as usize).collect();
+        self.g.add_as(name, Permute { perm: per }, &[x])
+    }
+
+    /// `Slice`.
+    pub(super) fn slice(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let rank = self.g.shape(x).rank() as i64 + 1;
+        let (starts, ends, axes, steps) = if self.opset < 10 {
+            (
+                Self::ints(n, "starts"),
+                Self::ints(n, "ends"),
+                Self::ints(n, "axes"),
+                None,
+            )
+        } else {
+            let get = |i: usize| -> Result<Option<Vec<i64>>> {
+                Ok(self.opt_constant(n, i)?.map(|c| c.ints()))
+            };
+            (get(1)?, get(2)?, get(3)?, get(4)?)
+        };
+        let (Some(starts), Some(ends)) = (starts, ends) else {
+            return Err(self.err(n, "Slice needs constant starts and ends".into()));
+        };
+        let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+        let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+            return Err(self.err(n, format!("starts {starts:?}, ends {ends:?}, axes {axes:?} and steps {steps:?} differ in length")));
+        }
+        let mut slice = Slice {
+            axes: vec![],
+            starts: vec![],
+            ends: vec![],
+            steps: vec![],
+        };
+        for i in 0..axes.len() {
+            let a = if axes[i] < 0 { axes[i] + rank } else { axes[i] };
+            if !(0..rank).contains(&a) {
+                return Err(self.err(
+                    n,
+                    format!("axis {} is out of range for rank {rank}", axes[i]),
+                ));
+            }
+            if a == 0 {
+                // `x[0:]`-style full slices of the batch axis are common in exports.
+                if starts[i] == 0 && ends[i] >= i32::MAX as i64 && steps[i] == 1 {
+                    continue;
+                }
+                return Err(self.err(
+                    n,
+                    format!(
+                        "Slice of the batch axis (starts {}, ends {}, step {}) is not supported",
+                        starts[i], ends[i], steps[i]
+                    ),
+                ));
+            }
+            slice.axes.push((a - 1) as usize);
+            slice.starts.push(starts[i]);
+            slice.ends.push(ends[i]);
+            slice.steps.push(steps[i]);
+        }
+        self.g.add_as(name, slice, &[x])
+    }
+
+    /// `Shape`.
+    pub(super) fn shape_of_activation(
+        &mut self,
+        n: &NodeProto,
+        _name: &str,
+        _x: NodeRef,
+    ) -> Result<NodeRef> {
+        let op = n.op_type.as_str();
+        Err(self.err(
+            n,
+            format!("{op} of an activation is not supported (only of constants, which are folded)"),
+        ))
+    }
+
+    /// `Gather` of an activation with constant indices along a non-batch axis:
+    /// a scalar index picks one slice and drops the axis (`x[:, 0]`); a 1-D
+    /// list keeps the axis, one Slice per run of consecutive indices,
+    /// concatenated when there are several.
+    pub(super) fn gather(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let idx = self
+            .constant(n, 1)
+            .map_err(|_| self.err(n, "Gather of an activation needs constant indices".into()))?;
+        let dims = self.g.shape(x).dims().to_vec();
+        let rank = dims.len() as i64 + 1;
+        let axis = Self::int(n, "axis").unwrap_or(0);
+        let a = if axis < 0 { axis + rank } else { axis };
+        if !(0..rank).contains(&a) {
+            return Err(self.err(n, format!("axis {axis} is out of range for rank {rank}")));
+        }
+        if a == 0 {
+            return Err(self.err(n, "Gather on the batch axis is not supported".into()));
+        }
+        let ax = (a - 1) as usize;
+        let len = dims[ax] as i64;
+        if idx.dims.len() > 1 {
+            return Err(self.err(n, format!("Gather of an activation with indices of dims {:?}: only a scalar or a 1-D list is supported", idx.dims)));
+        }
+        let list: Vec<i64> = idx
+            .ints()
+            .iter()
+            .map(|&i| {
+                let j = if i < 0 { i + len } else { i };
+                if (0..len).contains(&j) {
+                    Ok(j)
+                } else {
+                    Err(self.err(n, format!("index {i} is out of range for an axis of {len}")))
+                }
+            })
+            .collect::<Result<_>>()?;
+        if list.is_empty() {
+            return Err(self.err(
+                n,
+                "Gather with no indices gives an empty tensor; not supported".into(),
+            ));
+        }
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        for &j in &list {
+            match runs.last_mut() {
+                Some((_, end)) if *end == j => *end += 1,
+                _ => runs.push((j, j + 1)),
+            }
+        }
+        let scalar = idx.dims.is_empty();
+        let slice = |(s, e): (i64, i64)| Slice {
+            axes: vec![ax],
+            starts: vec![s],
+            ends: vec![e],
+            steps: vec![1],
+        };
+        if runs.len() == 1 && !scalar {
+            return self.g.add_as(name, slice(runs[0]), &[x]);
+        }
+        if scalar {
+            let picked = self
+                .g
+                .add_as(&format!("{name}_slice"), slice(runs[0]), &[x])?;
+            let target: Vec<isize> = dims
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != ax)
+                .map(|(_, &d)| d as isize)
+                .collect();
+            return self.g.add_as(name, Reshape::new(target), &[picked]);
+        }
+        let parts = runs
+            .iter()
+            .enumerate()
+            .map(|(k, &r)| self.g.add_as(&format!("{name}_part{k}"), slice(r), &[x]))
+            .collect::<Result<Vec<_>>>()?;
+        self.g.add_as(name, Concat::new(a as isize), &parts)
+    }
+
+    /// `Split` of an activation along a non-batch axis: one Slice node per
+    /// output, named after the output tensor. Sizes from the `split` input
+    /// (attribute before opset 13), else `num_outputs` (opset 18: chunks of
+    /// ceil(len / n), the last smaller), else equal parts of the outputs' count.
+    pub(super) fn split(&mut self, n: &NodeProto) -> Result<()> {
+        let x = self.node_input(n, 0)?;
+        let shape = self.g.shape(x).clone();
+        let rank = shape.rank() as i64 + 1;
+        let axis = Self::int(n, "axis").unwrap_or(0);
+        let a = if axis < 0 { axis + rank } else { axis };
+        if !(0..rank).contains(&a) {
+            return Err(self.err(n, format!("axis {axis} is out of range for rank {rank}")));
+        }
+        if a == 0 {
+            return Err(self.err(n, "Split of the batch axis is not supported".into()));
+        }
+        let len = shape.dims()[(a - 1) as usize];
+        let outputs = n.output.len();
+        let given = if self.opset < 13 {
+            Self::ints(n, "split").filter(|v| !v.is_empty())
+        } else {
+            self.opt_constant(n, 1)?.map(|c| c.ints())
+        };
+        let sizes: Vec<usize> = match (given, Self::int(n, "num_outputs")) {
+            (Some(v), _) => {
+                if v.len() != outputs || v.iter().any(|&s| s < 0) {
+                    return Err(self.err(n, format!("split {v:?} does not give one non-negative size per output ({outputs})")));
+                }
+                v.iter().map(|&s| s as usize).collect()
+            }
+            (None, Some(k)) if self.opset >= 18 => {
+                if k < 1 || k as usize != outputs {
+                    return Err(self.err(n, format!("num_outputs {k} but {outputs} outputs")));
+                }
+                let chunk = len.div_ceil(outputs);
+                (0..outputs)
+                    .map(|i| chunk.min(len.saturating_sub(i * chunk)))
+                    .collect()
+            }
+            (None, _) => {
+                if outputs == 0 || !len.is_multiple_of(outputs) {
+                    return Err(self.err(
+                        n,
+                        format!("an axis of {len} does not split into {outputs} equal parts"),
+                    ));
+                }
+                vec![len / outputs; outputs]
+            }
+        };
+        if sizes.iter().sum::<usize>() != len || sizes.contains(&0) {
+            return Err(self.err(
+                n,
+                format!(
+                    "split sizes {sizes:?} must be positive and add up to the axis length {len}"
+                ),
+            ));
+        }
+        let mut start = 0;
+        for (out, size) in n.output.iter().zip(sizes) {
+            let base = sanitize(out);
+            let mut name = base.clone();
+            let mut k = 1;
+            while self.g.get(&name).is_ok() {
+                name = format!("{base}_{k}");
+                k += 1;
+            }
+            let slice = Slice {
+                axes: vec![(a - 1) as usize],
+                starts: vec![start as i64],
+                ends: vec![(start + size) as i64],
+                steps: vec![1],
+            };
+            let r = self.g.add_as(&name, slice, &[x])?;
+            self.values.insert(out.clone(), Value::Node(r));
+            start += size;
+        }
+        Ok(())
+    }
+
+    /// ONNX Reshape targets include the batch axis; layerlens reshapes per sample.
+    pub(super) fn per_sample_reshape(
+        &self,
+        n: &NodeProto,
+        target: &[i64],
+        input: &Shape,
+    ) -> Result<Vec<isize>> {
+        if target.is_empty() {
+            return Err(self.err(n, "empty reshape target".into()));
+        }
+        let first_ok = matches!(target[0], BATCH | 0 | -1) || Some(target[0]) == self.static_batch;
+        let rest_has_infer = target[1..].contains(&-1);
+        if !first_ok || (target[0] == -1 && rest_has_infer) {
+            return Err(self.err(
+                n,
+                format!(
+                    "reshape target {target:?} does not keep the batch axis first; not supported"
+                ),
+            ));
+        }
+        target[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| match d {
+                0 => input.dims().get(i).map(|&v| v as isize).ok_or_else(|| {
+                    self.err(
+                        n,
+                        format!("0 in reshape target {target:?} copies a dim the input lacks"),
+                    )
+                }),
+                BATCH => Err(self.err(
+                    n,
+                    "the batch size appears after the first axis of a reshape target".into(),
+                )),
+                d => Ok(d as isize),
+            })
+            .collect()
+    }
+}

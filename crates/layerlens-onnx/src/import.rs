@@ -432,7 +432,7 @@ impl Decoded {
             path: what.to_string(),
             message: m,
         };
-        let model = ModelProto::decode(bytes)
+        let mut model = ModelProto::decode(bytes)
             .map_err(|e| bad(format!("not an ONNX model (protobuf decoding failed: {e})")))?;
         let graph = model
             .graph
@@ -459,6 +459,17 @@ impl Decoded {
                     .map_err(|m| bad(format!("initializer '{}': {m}", t.name)))
             })
             .collect::<Result<_>>()?;
+        // The values now live in `initializers`: the protobuf keeps only the
+        // names, so a model held for several imports is not stored twice.
+        if let Some(g) = model.graph.as_mut() {
+            for t in &mut g.initializer {
+                t.raw_data = Vec::new();
+                t.float_data = Vec::new();
+                t.int32_data = Vec::new();
+                t.int64_data = Vec::new();
+                t.double_data = Vec::new();
+            }
+        }
         Ok(Decoded {
             what: what.to_string(),
             model,

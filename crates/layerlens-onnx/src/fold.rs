@@ -287,18 +287,7 @@ pub(crate) fn fold(
             need(2)?;
             let (a, b) = (&inputs[0], &inputs[1]);
             let (n, m) = (a.len(), b.len());
-            if n == 0 || m == 0 {
-                return Err("arithmetic on an empty constant is not folded".into());
-            }
-            if n != m && n != 1 && m != 1 {
-                return Err("only equal-size or scalar constant arithmetic is folded".into());
-            }
-            let len = n.max(m);
-            let dims = if n >= m {
-                a.dims.clone()
-            } else {
-                b.dims.clone()
-            };
+            let (len, dims) = pairing(op, a, b)?;
             match (&a.data, &b.data) {
                 (Data::I64(x), Data::I64(y)) => {
                     let v: Vec<i64> = (0..len)
@@ -366,6 +355,33 @@ pub(crate) fn fold(
     }
 }
 
+/// How two constants pair element-wise: equal sizes, or one of them a single
+/// value; the length and the dims of the result.
+fn pairing(op: &str, a: &Const, b: &Const) -> Result<(usize, Vec<usize>), String> {
+    let (n, m) = (a.len(), b.len());
+    let what = if matches!(op, "Add" | "Sub" | "Mul" | "Div") {
+        "arithmetic"
+    } else {
+        op
+    };
+    if n == 0 || m == 0 {
+        return Err(format!("{what} on an empty constant is not folded"));
+    }
+    if n != m && n != 1 && m != 1 {
+        return Err(format!(
+            "only equal-size or scalar constant {what} is folded"
+        ));
+    }
+    Ok((
+        n.max(m),
+        if n >= m {
+            a.dims.clone()
+        } else {
+            b.dims.clone()
+        },
+    ))
+}
+
 /// The largest constant folding may create (Expand): 64 Mi values.
 const MAX_FOLDED_ELEMENTS: usize = 1 << 26;
 
@@ -391,20 +407,7 @@ fn gather_data(data: &Data, n: usize, index: impl Fn(usize) -> usize) -> Data {
 /// `Min(N, N)`-like identities: anything else is refused.
 fn fold_extremum(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
     let (n, m) = (a.len(), b.len());
-    if n == 0 || m == 0 {
-        return Err(format!("{op} of an empty constant is not folded"));
-    }
-    if n != m && n != 1 && m != 1 {
-        return Err(format!(
-            "only equal-size or scalar constants are folded ({op})"
-        ));
-    }
-    let len = n.max(m);
-    let dims = if n >= m {
-        a.dims.clone()
-    } else {
-        b.dims.clone()
-    };
+    let (len, dims) = pairing(op, a, b)?;
     match (&a.data, &b.data) {
         (Data::I64(x), Data::I64(y)) => {
             let v: Vec<i64> = (0..len)

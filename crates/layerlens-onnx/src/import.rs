@@ -283,13 +283,7 @@ pub fn import(path: impl AsRef<Path>) -> Result<Model> {
 
 /// Imports an ONNX file with options.
 pub fn import_with(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Model> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    import_bytes(&bytes, base, &path.display().to_string(), opts)
+    crate::OnnxModel::open(path)?.import(opts)
 }
 
 #[derive(Clone)]

@@ -24,6 +24,16 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
     }
 }
 
+fn conv1_weight(m: &layerlens_core::Model) -> Vec<f32> {
+    m.params()
+        .tensor("conv1.weight")
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 #[test]
 fn each_size_is_imported_once_and_all_share_weights_and_hooks() {
     let refs = candle_core::safetensors::load(fixture("semantics_refs.safetensors"), &Device::Cpu)
@@ -72,22 +82,8 @@ fn each_size_is_imported_once_and_all_share_weights_and_hooks() {
         .params()
         .set("conv1.weight", &(w * 0.5).unwrap())
         .unwrap();
-    let changed: Vec<f32> = small
-        .params()
-        .tensor("conv1.weight")
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let seen: Vec<f32> = tall
-        .params()
-        .tensor("conv1.weight")
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let changed: Vec<f32> = conv1_weight(&small);
+    let seen: Vec<f32> = conv1_weight(&tall);
     assert_eq!(changed, seen);
 
     // A third size evicts the least recently used (16×20, used before 24×12);
@@ -98,14 +94,7 @@ fn each_size_is_imported_once_and_all_share_weights_and_hooks() {
     assert_eq!(cache.imports(), 3, "24×12 is still cached");
     let back = cache.model_for(&[vec![3, 16, 20]]).unwrap();
     assert_eq!(cache.imports(), 4, "16×20 was evicted");
-    let again: Vec<f32> = back
-        .params()
-        .tensor("conv1.weight")
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let again: Vec<f32> = conv1_weight(&back);
     assert_eq!(again, changed, "not reset to the file's weights");
 
     // Shapes the file contradicts, or the wrong count, are errors.

@@ -189,6 +189,24 @@ fn extract_to_file(
     Ok(())
 }
 
+/// The inputs as image files and directories; a tensor or embedded input is
+/// refused with `why`.
+fn image_inputs(inputs: &[String], why: &str) -> Result<Vec<PathBuf>> {
+    inputs
+        .iter()
+        .map(|spec| {
+            let p = Path::new(spec);
+            if spec.starts_with("embedded:")
+                || p.extension()
+                    .is_some_and(|e| e == "npy" || e == "safetensors")
+            {
+                bail!("{spec}: {why}");
+            }
+            Ok(p.to_path_buf())
+        })
+        .collect()
+}
+
 /// `--keep-size`: images grouped by their size, each group streamed through
 /// the import at that size into OUT/HxW/.
 fn extract_keep_size(a: &Args, format: Option<OutputFormat>) -> Result<()> {
@@ -228,17 +246,10 @@ fn extract_keep_size(a: &Args, format: Option<OutputFormat>) -> Result<()> {
             many.len()
         ),
     };
-    let mut paths = Vec::new();
-    for spec in &a.input {
-        let p = Path::new(spec);
-        if spec.starts_with("embedded:")
-            || p.extension()
-                .is_some_and(|e| e == "npy" || e == "safetensors")
-        {
-            bail!("{spec}: --keep-size is for images; a tensor input already runs at its own size");
-        }
-        paths.push(p.to_path_buf());
-    }
+    let paths = image_inputs(
+        &a.input,
+        "--keep-size is for images; a tensor input already runs at its own size",
+    )?;
     // Group by the size in each file's header; an unreadable image joins the
     // first group, whose run skips and lists it like any other.
     let mut groups: BTreeMap<(u32, u32), Vec<String>> = BTreeMap::new();
@@ -291,17 +302,10 @@ fn extract_to_dir(
 ) -> Result<()> {
     use layerlens::extract::{extract_dataset, DatasetOptions, ImageSource, ShardSpec};
     use layerlens::preprocess::{ImageLoader, Preset};
-    let mut paths = Vec::new();
-    for spec in &a.input {
-        let p = Path::new(spec);
-        if spec.starts_with("embedded:")
-            || p.extension()
-                .is_some_and(|e| e == "npy" || e == "safetensors")
-        {
-            bail!("{spec}: tensor inputs are extracted into one file: give --out FILE.safetensors (or .npz, .parquet)");
-        }
-        paths.push(p.to_path_buf());
-    }
+    let paths = image_inputs(
+        &a.input,
+        "tensor inputs are extracted into one file: give --out FILE.safetensors (or .npz, .parquet)",
+    )?;
     let source = ImageSource::new(paths)?;
     let loader = ImageLoader::for_model(model, Preset::parse(&a.preprocess)?)?;
     let mut options = DatasetOptions::new(&a.out);

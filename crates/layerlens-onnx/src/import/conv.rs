@@ -3,6 +3,7 @@
 
 use super::{attr, Importer};
 use crate::proto::NodeProto;
+use crate::tensor::Const;
 use layerlens_core::builder::NodeRef;
 use layerlens_core::ops::{Conv2d, ConvTranspose2d, Dense};
 use layerlens_core::Result;
@@ -38,12 +39,7 @@ impl Importer<'_> {
             in_channels: 0,
         };
         let r = self.g.add_as(name, conv, &[x])?;
-        self.weights
-            .push((format!("{name}.weight"), Self::tensor(&w)?));
-        if let Some(b) = b {
-            self.weights
-                .push((format!("{name}.bias"), Self::tensor(&b)?));
-        }
+        self.push_weight_and_bias(name, &w, b.as_ref())?;
         Ok(r)
     }
 
@@ -163,12 +159,18 @@ impl Importer<'_> {
             in_channels: 0,
         };
         let r = self.g.add_as(name, ct, &[x])?;
+        self.push_weight_and_bias(name, &w, b.as_ref())?;
+        Ok(r)
+    }
+
+    /// Records a node's `weight` and optional `bias` from the file's constants.
+    fn push_weight_and_bias(&mut self, name: &str, w: &Const, b: Option<&Const>) -> Result<()> {
         self.weights
-            .push((format!("{name}.weight"), Self::tensor(&w)?));
+            .push((format!("{name}.weight"), Self::tensor(w)?));
         if let Some(b) = b {
             self.weights
-                .push((format!("{name}.bias"), Self::tensor(&b)?));
+                .push((format!("{name}.bias"), Self::tensor(b)?));
         }
-        Ok(r)
+        Ok(())
     }
 }

@@ -100,8 +100,8 @@ impl Model {
         let values = plan
             .outputs
             .iter()
-            .map(|&o| slots[o].clone().expect("outputs are kept"))
-            .collect();
+            .map(|&o| present(g.node(o), slots[o].clone().expect("outputs are kept")))
+            .collect::<Result<_>>()?;
         Ok(ExecOutput {
             values,
             cuts,
@@ -161,8 +161,8 @@ impl Model {
         let values = plan
             .outputs
             .iter()
-            .map(|&o| slots[o].clone().expect("outputs are kept"))
-            .collect();
+            .map(|&o| present(g.node(o), slots[o].clone().expect("outputs are kept")))
+            .collect::<Result<_>>()?;
         Ok(ExecOutput {
             values,
             cuts: Vec::new(),
@@ -320,6 +320,14 @@ impl Model {
         Ok(self
             .execute(&plan, inputs, RunOptions::default(), &[])?
             .peak_live)
+    }
+}
+
+/// A requested value as the node is known outside ([`Node::view`]).
+pub(crate) fn present(node: &Node, t: Tensor) -> Result<Tensor> {
+    match &node.view {
+        Some(v) => v.present(&t, &node.name),
+        None => Ok(t),
     }
 }
 

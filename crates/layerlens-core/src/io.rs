@@ -9,9 +9,10 @@
 //! an interrupted save never leaves a directory that looks complete.
 
 use crate::builder::Functional;
+use crate::builder::NodeRef;
 use crate::error::{Error, Result};
 use crate::fsio::{write_atomic, write_atomic_with};
-use crate::ir::{NodeId, OpT};
+use crate::ir::{BatchView, NodeId, OpT};
 use crate::lambda::{LambdaNode, LambdaRegistry, WeightRef};
 use crate::model::Model;
 use crate::params::{ParamKind, ParamStore};
@@ -46,6 +47,9 @@ struct NodeRecord {
     inputs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     layer: Option<String>,
+    /// Where the batch sits in the node's outside tensor, when not first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    view: Option<BatchView>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,6 +95,7 @@ impl Model {
                 op,
                 inputs: g.names(&n.inputs),
                 layer: (n.layer != n.name).then(|| n.layer.clone()),
+                view: n.view.clone(),
             });
         }
         let file = GraphFile {
@@ -226,6 +231,8 @@ impl Model {
                     .map_err(|e| ctx(e.to_string()))
             })?;
             let id = g.push_raw(n.name.clone(), op, &inputs, n.layer)?;
+            g.set_view(NodeRef(id), n.view)
+                .map_err(|e| ctx(e.to_string()))?;
             ids.insert(n.name, id);
         }
         let find = |name: &String| {

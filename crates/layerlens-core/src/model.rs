@@ -424,7 +424,8 @@ impl Model {
                     }
                 }
             }
-            result.push((*id, g.detach()));
+            // Shaped as the activation is returned: the node's outside view.
+            result.push((*id, crate::exec::present(self.graph.node(*id), g.detach())?));
         }
         let grads = Activations::new(
             wrt_named

@@ -1,7 +1,14 @@
 //! Folding of ONNX ops whose inputs are all known at import (the shape
 //! arithmetic exporters emit around `Reshape`).
 
-use crate::tensor::{Const, Data, BATCH};
+#[cfg(test)]
+use crate::tensor::BATCH;
+use crate::tensor::{batch_factor, batch_times, Const, Data, MOST_NEGATIVE};
+
+/// Whether an integer constant holds the batch size or a multiple of it.
+fn holds_batch(c: &Const) -> bool {
+    matches!(&c.data, Data::I64(v) if v.iter().any(|&x| batch_factor(x).is_some()))
+}
 
 fn axis(a: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
@@ -68,6 +75,9 @@ pub(crate) fn fold(
     };
     need(1)?;
     match op {
+        "Cast" if holds_batch(&inputs[0]) && matches!(attr_int("to"), Some(1 | 10 | 11 | 16)) => {
+            Err("Cast of the batch size to a float type is not folded".into())
+        }
         "Identity" | "Cast" => Ok(match (op, attr_int("to")) {
             ("Cast", Some(1)) | ("Cast", Some(11)) => Const {
                 dims: inputs[0].dims.clone(),
@@ -98,22 +108,72 @@ pub(crate) fn fold(
         }
         "Slice" => {
             let data = &inputs[0];
-            if data.dims.len() != 1 {
-                return Err("only 1-D Slice is folded".into());
-            }
+            let rank = data.dims.len();
             let pick =
                 |i: usize, name: &str| inputs.get(i).map(|c| c.ints()).or_else(|| attr_ints(name));
             let starts = pick(1, "starts").ok_or("Slice without starts")?;
             let ends = pick(2, "ends").ok_or("Slice without ends")?;
-            let steps = inputs.get(4).map(|c| c.ints()).unwrap_or_else(|| vec![1]);
-            if starts.len() != 1 || ends.len() != 1 || steps != [1] {
-                return Err("only a single-axis, step-1 Slice is folded".into());
+            let axes = pick(3, "axes").unwrap_or_else(|| (0..starts.len() as i64).collect());
+            let steps = inputs
+                .get(4)
+                .map(|c| c.ints())
+                .unwrap_or_else(|| vec![1; starts.len()]);
+            if [ends.len(), axes.len(), steps.len()]
+                .iter()
+                .any(|&l| l != starts.len())
+            {
+                return Err("Slice starts, ends, axes and steps differ in length".into());
             }
-            let n = data.dims[0] as i64;
-            let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
-            let (s, e) = (clamp(starts[0]), clamp(ends[0]));
-            let v: Vec<i64> = data.ints()[s as usize..e.max(s) as usize].to_vec();
-            Ok(Const::i64s(vec![v.len()], v))
+            if [&starts, &ends, &steps]
+                .iter()
+                .any(|v| v.iter().any(|&x| batch_factor(x).is_some()))
+            {
+                return Err("Slice of a constant at the batch size is not folded".into());
+            }
+            // Per axis: the picked indices, as ONNX clamps them.
+            let mut picked: Vec<Vec<usize>> = data.dims.iter().map(|&d| (0..d).collect()).collect();
+            let mut seen = vec![false; rank];
+            for k in 0..starts.len() {
+                let a = axis(axes[k], rank)?;
+                if std::mem::replace(&mut seen[a], true) {
+                    return Err(format!("Slice names axis {} twice", axes[k]));
+                }
+                let d = data.dims[a] as i64;
+                let step = steps[k];
+                if step == 0 {
+                    return Err("Slice with a step of 0".into());
+                }
+                let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+                let (s, e) = (norm(starts[k]), norm(ends[k]));
+                let (s, e) = if step > 0 {
+                    (s.clamp(0, d), e.clamp(0, d))
+                } else {
+                    (s.clamp(0, d - 1), e.clamp(-1, d - 1))
+                };
+                let mut idx = Vec::new();
+                let mut i = s;
+                while (step > 0 && i < e) || (step < 0 && i > e) {
+                    idx.push(i as usize);
+                    i = match i.checked_add(step) {
+                        Some(v) => v,
+                        None => break,
+                    };
+                }
+                picked[a] = idx;
+            }
+            let out_dims: Vec<usize> = picked.iter().map(Vec::len).collect();
+            let n: usize = out_dims.iter().product();
+            let st = strides(&data.dims);
+            let out_st = strides(&out_dims);
+            let index = |flat: usize| {
+                (0..rank)
+                    .map(|a| picked[a][(flat / out_st[a]) % out_dims[a].max(1)] * st[a])
+                    .sum()
+            };
+            Ok(Const {
+                dims: out_dims.clone(),
+                data: gather_data(&data.data, n, index),
+            })
         }
         "Concat" => {
             if inputs.iter().any(|c| c.dims.len() > 1) {
@@ -125,10 +185,7 @@ pub(crate) fn fold(
                 let v: Vec<i64> = inputs.iter().flat_map(|c| c.ints()).collect();
                 Ok(Const::i64s(vec![v.len()], v))
             } else {
-                if inputs
-                    .iter()
-                    .any(|c| c.ints().contains(&BATCH) && matches!(c.data, Data::I64(_)))
-                {
+                if inputs.iter().any(holds_batch) {
                     return Err("Concat of the batch size with floats is not folded".into());
                 }
                 let v: Vec<f32> = inputs.iter().flat_map(|c| c.floats()).collect();
@@ -141,9 +198,9 @@ pub(crate) fn fold(
         "Reshape" => {
             need(2)?;
             let (c, target) = (&inputs[0], inputs[1].ints());
-            if target.contains(&BATCH)
-                || c.ints().contains(&BATCH) && matches!(c.data, Data::I64(_))
-            {
+            // A shape vector holding the batch size may be reshaped (its values
+            // only move); a target holding it would give dims that depend on it.
+            if holds_batch(&inputs[1]) {
                 return Err("Reshape of a constant involving the batch size is not folded".into());
             }
             let allow_zero = attr_int("allowzero").unwrap_or(0) == 1;
@@ -217,7 +274,7 @@ pub(crate) fn fold(
         "Expand" => {
             need(2)?;
             let (c, shape) = (&inputs[0], inputs[1].ints());
-            if shape.contains(&BATCH) {
+            if holds_batch(&inputs[1]) {
                 return Err("Expand of a constant to the batch size is not folded".into());
             }
             if shape.iter().any(|&d| d < 0) {
@@ -293,24 +350,8 @@ pub(crate) fn fold(
                     let v: Vec<i64> = (0..len)
                         .map(|i| {
                             let (p, q) = (x[i % n], y[i % m]);
-                            if p == BATCH || q == BATCH {
-                                // The batch size stays the batch size only through
-                                // + 0, · 1 and / 1; anything else (N·3, N/2) would
-                                // reshape across samples, which must not pass as N.
-                                let other = if p == BATCH { q } else { p };
-                                let keeps = match op {
-                                    "Add" => other == 0,
-                                    "Sub" => q == 0 && p == BATCH,
-                                    "Mul" => other == 1,
-                                    _ => q == 1 && p == BATCH,
-                                };
-                                return if keeps {
-                                    Ok(BATCH)
-                                } else {
-                                    Err(format!(
-                                        "{op} of the batch size and {other}: arithmetic on the batch size is not supported"
-                                    ))
-                                };
+                            if batch_factor(p).is_some() || batch_factor(q).is_some() {
+                                return batch_arithmetic(op, p, q);
                             }
                             match op {
                                 "Add" => p.checked_add(q),
@@ -319,6 +360,7 @@ pub(crate) fn fold(
                                 _ if q == 0 => Some(0),
                                 _ => p.checked_div(q),
                             }
+                            .filter(|&v| v >= MOST_NEGATIVE)
                             .ok_or_else(|| format!("{op} of {p} and {q} overflows 64 bits"))
                         })
                         .collect::<Result<_, _>>()?;
@@ -344,6 +386,238 @@ pub(crate) fn fold(
                 }
             }
         }
+        "Mod" => {
+            need(2)?;
+            let (a, b) = (&inputs[0], &inputs[1]);
+            let (n, m) = (a.len(), b.len());
+            let (len, dims) = pairing(op, a, b)?;
+            if holds_batch(a) || holds_batch(b) {
+                return Err("Mod of the batch size is not folded".into());
+            }
+            let fmod = attr_int("fmod").unwrap_or(0) == 1;
+            match (&a.data, &b.data) {
+                (Data::I64(x), Data::I64(y)) if !fmod => {
+                    let v: Vec<i64> = (0..len)
+                        .map(|i| {
+                            let (p, q) = (x[i % n], y[i % m]);
+                            if q == 0 {
+                                return Err(format!("Mod of {p} by zero"));
+                            }
+                            // The result takes the divisor's sign (Python's %).
+                            Ok(p.checked_rem(q).map_or(0, |r| {
+                                if r != 0 && (r < 0) != (q < 0) {
+                                    r + q
+                                } else {
+                                    r
+                                }
+                            }))
+                        })
+                        .collect::<Result<_, String>>()?;
+                    Ok(Const::i64s(dims, v))
+                }
+                _ => Err("only integer Mod with fmod=0 is folded".into()),
+            }
+        }
+        "Equal" => {
+            need(2)?;
+            let (a, b) = (&inputs[0], &inputs[1]);
+            let (n, m) = (a.len(), b.len());
+            let (len, dims) = pairing(op, a, b)?;
+            let (x, y) = (a.ints(), b.ints());
+            let v: Vec<i64> = (0..len)
+                .map(|i| {
+                    let (p, q) = (x[i % n], y[i % m]);
+                    match (batch_factor(p), batch_factor(q)) {
+                        (None, None) => Ok(i64::from(p == q)),
+                        (Some(a), Some(b)) if a == b => Ok(1),
+                        // N·k ≥ 1: never a zero or a negative number (the -1 of a
+                        // shape with an inferred size).
+                        (Some(_), None) if q < 1 => Ok(0),
+                        (None, Some(_)) if p < 1 => Ok(0),
+                        _ => Err(format!(
+                            "Equal of {} and {} depends on the batch size",
+                            show(p),
+                            show(q)
+                        )),
+                    }
+                })
+                .collect::<Result<_, String>>()?;
+            if matches!(a.data, Data::F32(_)) || matches!(b.data, Data::F32(_)) {
+                return Err("only integer Equal is folded".into());
+            }
+            Ok(Const::i64s(dims, v))
+        }
+        "Where" => {
+            need(3)?;
+            let (c, a, b) = (&inputs[0], &inputs[1], &inputs[2]);
+            let len = c.len();
+            if [a.len(), b.len()].iter().any(|&l| l != len && l != 1) || len == 0 {
+                return Err("only equal-size or scalar Where is folded".into());
+            }
+            let cond = c.ints();
+            let pick = |i: usize| {
+                if cond[i] != 0 {
+                    (a, i % a.len())
+                } else {
+                    (b, i % b.len())
+                }
+            };
+            Ok(match (&a.data, &b.data) {
+                (Data::I64(_), Data::I64(_)) => Const::i64s(
+                    c.dims.clone(),
+                    (0..len)
+                        .map(|i| {
+                            let (t, j) = pick(i);
+                            t.ints()[j]
+                        })
+                        .collect(),
+                ),
+                _ if holds_batch(a) || holds_batch(b) => {
+                    return Err("Where of the batch size with floats is not folded".into())
+                }
+                _ => Const {
+                    dims: c.dims.clone(),
+                    data: Data::F32(
+                        (0..len)
+                            .map(|i| {
+                                let (t, j) = pick(i);
+                                t.floats()[j]
+                            })
+                            .collect(),
+                    ),
+                },
+            })
+        }
+        "Sqrt" | "Reciprocal" | "Exp" | "Log" | "Floor" | "Ceil" | "Neg" | "Abs" => {
+            let c = &inputs[0];
+            if holds_batch(c) {
+                return Err(format!("{op} of the batch size is not folded"));
+            }
+            Ok(match &c.data {
+                Data::I64(v) if matches!(op, "Neg" | "Abs") => Const::i64s(
+                    c.dims.clone(),
+                    v.iter()
+                        .map(|&x| {
+                            if op == "Neg" {
+                                x.checked_neg()
+                            } else {
+                                x.checked_abs()
+                            }
+                        })
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| format!("{op} overflows 64 bits"))?,
+                ),
+                Data::I64(_) => return Err(format!("integer {op} is not folded")),
+                Data::F32(v) => Const {
+                    dims: c.dims.clone(),
+                    data: Data::F32(
+                        v.iter()
+                            .map(|&x| match op {
+                                "Sqrt" => x.sqrt(),
+                                "Reciprocal" => 1.0 / x,
+                                "Exp" => x.exp(),
+                                "Log" => x.ln(),
+                                "Floor" => x.floor(),
+                                "Ceil" => x.ceil(),
+                                "Neg" => -x,
+                                _ => x.abs(),
+                            })
+                            .collect(),
+                    ),
+                },
+            })
+        }
+        "Pow" => {
+            need(2)?;
+            let (a, b) = (&inputs[0], &inputs[1]);
+            let (n, m) = (a.len(), b.len());
+            let (len, dims) = pairing(op, a, b)?;
+            if holds_batch(a) || holds_batch(b) {
+                return Err("Pow of the batch size is not folded".into());
+            }
+            Ok(match (&a.data, &b.data) {
+                (Data::I64(x), Data::I64(y)) => Const::i64s(
+                    dims,
+                    (0..len)
+                        .map(|i| {
+                            let (p, q) = (x[i % n], y[i % m]);
+                            u32::try_from(q).ok().and_then(|q| p.checked_pow(q))
+                        })
+                        .collect::<Option<_>>()
+                        .ok_or("integer Pow with a negative or too large result is not folded")?,
+                ),
+                (Data::I64(_), Data::F32(_)) => {
+                    return Err("Pow of an integer by a float is not folded".into())
+                }
+                _ => {
+                    let (x, y) = (a.floats(), b.floats());
+                    Const {
+                        dims,
+                        data: Data::F32((0..len).map(|i| x[i % n].powf(y[i % m])).collect()),
+                    }
+                }
+            })
+        }
+        "ScatterND" => {
+            need(3)?;
+            let (data, idx, upd) = (&inputs[0], &inputs[1], &inputs[2]);
+            // (A `reduction` other than "none" is refused by the importer.)
+            let q = idx.dims.len();
+            let k = *idx
+                .dims
+                .last()
+                .ok_or("ScatterND indices must have a last axis")?;
+            if q == 0 || k > data.dims.len() {
+                return Err(format!(
+                    "ScatterND indices of dims {:?} do not fit data of dims {:?}",
+                    idx.dims, data.dims
+                ));
+            }
+            let mut want = idx.dims[..q - 1].to_vec();
+            want.extend(&data.dims[k..]);
+            if upd.dims != want {
+                return Err(format!(
+                    "ScatterND updates of dims {:?}, expected {want:?}",
+                    upd.dims
+                ));
+            }
+            if holds_batch(data) || holds_batch(idx) || holds_batch(upd) {
+                return Err("ScatterND of the batch size is not folded".into());
+            }
+            let st = strides(&data.dims);
+            let slice: usize = data.dims[k..].iter().product();
+            let ids = idx.ints();
+            let mut targets = Vec::with_capacity(ids.len() / k.max(1));
+            for tuple in ids.chunks(k.max(1)) {
+                let mut off = 0usize;
+                for (a, &i) in tuple.iter().enumerate() {
+                    let d = data.dims[a] as i64;
+                    let j = if i < 0 { i + d } else { i };
+                    if !(0..d).contains(&j) {
+                        return Err(format!("ScatterND index {i} out of range {d}"));
+                    }
+                    off += j as usize * st[a];
+                }
+                targets.push(off);
+            }
+            let mut out = data.clone();
+            let put = |out: &mut Data| match (out, &upd.data) {
+                (Data::F32(o), _) => {
+                    let u = upd.floats();
+                    for (t, &base) in targets.iter().enumerate() {
+                        o[base..base + slice].copy_from_slice(&u[t * slice..(t + 1) * slice]);
+                    }
+                }
+                (Data::I64(o), _) => {
+                    let u = upd.ints();
+                    for (t, &base) in targets.iter().enumerate() {
+                        o[base..base + slice].copy_from_slice(&u[t * slice..(t + 1) * slice]);
+                    }
+                }
+            };
+            put(&mut out.data);
+            Ok(out)
+        }
         "Max" | "Min" | "Sum" => {
             let mut acc = inputs[0].clone();
             for b in &inputs[1..] {
@@ -352,6 +626,47 @@ pub(crate) fn fold(
             Ok(acc)
         }
         other => Err(format!("'{other}' cannot be folded")),
+    }
+}
+
+/// A folded shape value for messages: `N`, `N·12`, or the number.
+pub(crate) fn show(v: i64) -> String {
+    match batch_factor(v) {
+        Some(1) => "the batch size".into(),
+        Some(k) => format!("the batch size × {k}"),
+        None => v.to_string(),
+    }
+}
+
+/// `p op q` where at least one is the batch size or a multiple `N·k`: the
+/// result stays a known multiple of N (`N·k·c`, `N·k / c` when `c` divides
+/// `k`, `N·a / N·b`, `+ 0`), or the arithmetic is refused.
+fn batch_arithmetic(op: &str, p: i64, q: i64) -> Result<i64, String> {
+    let (a, b) = (batch_factor(p), batch_factor(q));
+    let multiple = |k: Option<i64>| {
+        k.and_then(batch_times).ok_or_else(|| {
+            format!(
+                "{op} of {} and {}: the batch multiple is too large",
+                show(p),
+                show(q)
+            )
+        })
+    };
+    let refused = || {
+        Err(format!(
+            "{op} of {} and {}: this arithmetic on the batch size is not supported",
+            show(p),
+            show(q)
+        ))
+    };
+    match (op, a, b) {
+        ("Add" | "Sub", Some(_), None) if q == 0 => Ok(p),
+        ("Add", None, Some(_)) if p == 0 => Ok(q),
+        ("Mul", Some(k), None) if q >= 1 => multiple(k.checked_mul(q)),
+        ("Mul", None, Some(k)) if p >= 1 => multiple(k.checked_mul(p)),
+        ("Div", Some(k), None) if q >= 1 && k % q == 0 => multiple(Some(k / q)),
+        ("Div", Some(k), Some(j)) if k % j == 0 => Ok(k / j),
+        _ => refused(),
     }
 }
 
@@ -413,21 +728,26 @@ fn fold_extremum(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
             let v: Vec<i64> = (0..len)
                 .map(|i| {
                     let (p, q) = (x[i % n], y[i % m]);
-                    if p == BATCH || q == BATCH {
-                        let other = if p == BATCH { q } else { p };
-                        return match op {
-                            _ if other == BATCH && op != "Sum" => Ok(BATCH),
-                            "Max" if other <= 1 => Ok(BATCH),
-                            _ => Err(format!(
-                                "{op} of the batch size and {other}: arithmetic on the batch size is not supported"
-                            )),
-                        };
+                    match (batch_factor(p), batch_factor(q)) {
+                        (None, None) => {}
+                        (Some(a), Some(b)) if a == b && op != "Sum" => return Ok(p),
+                        // N ≥ 1, so N·k ≥ k ≥ any c ≤ 1.
+                        (Some(_), None) if op == "Max" && q <= 1 => return Ok(p),
+                        (None, Some(_)) if op == "Max" && p <= 1 => return Ok(q),
+                        _ => {
+                            return Err(format!(
+                                "{op} of {} and {}: arithmetic on the batch size is not supported",
+                                show(p),
+                                show(q)
+                            ))
+                        }
                     }
                     match op {
                         "Max" => Ok(p.max(q)),
                         "Min" => Ok(p.min(q)),
                         _ => p
                             .checked_add(q)
+                            .filter(|&v| v >= MOST_NEGATIVE)
                             .ok_or_else(|| format!("Sum of {p} and {q} overflows 64 bits")),
                     }
                 })
@@ -468,24 +788,53 @@ mod tests {
         fold(op, &[ints(a), ints(b)], &|_| None, &|_| None).map(|c| c.ints())
     }
 
-    /// The batch size passes only through identities; `N·3` as a reshape
-    /// target would move values across samples.
+    /// The batch size stays a known multiple `N·k` through identities,
+    /// products and exact divisions (the batch axis merged with heads or
+    /// windows, and split again); anything else (`N + 1`, `N / 2`, `1 / N`)
+    /// is refused rather than passed off as a multiple of N.
     #[test]
-    fn arithmetic_on_the_batch_size_is_refused_except_identities() {
+    fn arithmetic_on_the_batch_size_keeps_multiples_or_is_refused() {
+        let n = |k| batch_times(k).unwrap();
         assert_eq!(run("Mul", &[BATCH], &[1]).unwrap(), [BATCH]);
         assert_eq!(run("Add", &[0], &[BATCH]).unwrap(), [BATCH]);
         assert_eq!(run("Div", &[BATCH], &[1]).unwrap(), [BATCH]);
+        assert_eq!(run("Mul", &[BATCH], &[12]).unwrap(), [n(12)]);
+        assert_eq!(run("Mul", &[3], &[n(4)]).unwrap(), [n(12)]);
+        assert_eq!(run("Div", &[n(64)], &[64]).unwrap(), [BATCH]);
+        assert_eq!(run("Div", &[n(64)], &[BATCH]).unwrap(), [64]);
+        assert_eq!(batch_factor(n(197)), Some(197));
+        assert_eq!(batch_factor(197), None);
         for (op, a, b) in [
-            ("Mul", BATCH, 3),
             ("Div", BATCH, 2),
+            ("Div", n(6), 4),
             ("Add", BATCH, 1),
             ("Sub", 0, BATCH),
             ("Div", 1, BATCH),
+            ("Mul", BATCH, BATCH),
+            ("Mul", BATCH, 0),
         ] {
             let e = run(op, &[a], &[b]).unwrap_err();
             assert!(e.contains("arithmetic on the batch size"), "{op}: {e}");
         }
         assert_eq!(run("Mul", &[4, 5], &[2]).unwrap(), [8, 10]);
+    }
+
+    /// `Equal` / `Where` as torch writes `Expand(x, where(shape == -1, 1, shape))`:
+    /// a batch multiple is never -1 or 0; comparing it with another number is refused.
+    #[test]
+    fn equal_where_and_mod_fold_around_the_batch_size() {
+        assert_eq!(run("Equal", &[BATCH, 1, -1], &[-1]).unwrap(), [0, 0, 1]);
+        assert!(run("Equal", &[BATCH], &[4]).is_err());
+        let w = fold(
+            "Where",
+            &[ints(&[0, 1]), ints(&[1]), ints(&[BATCH, -1])],
+            &|_| None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(w.ints(), [BATCH, 1]);
+        assert_eq!(run("Mod", &[7, -7, 7], &[3, 3, -3]).unwrap(), [1, 2, -2]);
+        assert!(run("Mod", &[BATCH], &[7]).is_err());
     }
 
     fn floats(dims: Vec<usize>, v: Vec<f32>) -> Const {

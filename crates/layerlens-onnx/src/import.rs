@@ -3,6 +3,7 @@
 mod activation;
 mod conv;
 mod elementwise;
+mod layout;
 mod norm;
 mod pool;
 mod resize;
@@ -10,7 +11,7 @@ mod shape;
 
 use crate::fold::fold;
 use crate::proto::{AttributeProto, ModelProto, NodeProto};
-use crate::tensor::{decode, Const, Data, BATCH};
+use crate::tensor::{decode, Const, Data};
 use candle_core::{Device, Tensor};
 use layerlens_core::builder::{Functional, NodeRef};
 use layerlens_core::ops::Padding;
@@ -313,6 +314,13 @@ struct Importer<'a> {
     ambiguous_modules: HashSet<String>,
     /// Each module path with the last activation node inside it so far.
     module_outputs: Vec<(String, NodeRef)>,
+    /// The first graph input: the batch size of a constant expanded to it.
+    first_input: Option<NodeRef>,
+    /// The graph's nodes, and for each tensor name the nodes reading it: a
+    /// static batch-1 reshape that could put the batch in more than one
+    /// axis looks at what reads the result.
+    nodes: &'a [NodeProto],
+    consumers: HashMap<String, Vec<usize>>,
 }
 
 /// The PyTorch module paths a node belongs to, outermost first. The dynamo
@@ -449,7 +457,7 @@ impl Decoded {
             .iter()
             .map(|t| {
                 decode(t, base)
-                    .map(|c| (t.name.clone(), c))
+                    .map(|c| (t.name.clone(), crate::tensor::from_file(c)))
                     .map_err(|m| bad(format!("initializer '{}': {m}", t.name)))
             })
             .collect::<Result<_>>()?;
@@ -514,7 +522,15 @@ pub(crate) fn build(
         module_paths: HashSet::new(),
         ambiguous_modules: HashSet::new(),
         module_outputs: Vec::new(),
+        first_input: None,
+        nodes: &graph.node,
+        consumers: HashMap::new(),
     };
+    for (i, n) in graph.node.iter().enumerate() {
+        for input in n.input.iter().filter(|s| !s.is_empty()) {
+            im.consumers.entry(input.clone()).or_default().push(i);
+        }
+    }
     im.module_paths = graph
         .node
         .iter()
@@ -571,6 +587,7 @@ pub(crate) fn build(
         let r =
             im.g.input(&sanitize(&vi.name), per_sample)
                 .map_err(|e| bad(format!("input '{}': {e}", vi.name)))?;
+        im.first_input.get_or_insert(r);
         im.values.insert(vi.name.clone(), Value::Node(r));
     }
     for (i, n) in graph.node.iter().enumerate() {
@@ -659,7 +676,6 @@ fn translator(op: &str) -> Option<Translator> {
         "Squeeze" | "Unsqueeze" => |im, n, name, x| im.squeeze(n, name, x),
         "Gemm" => |im, n, name, x| im.gemm(n, name, x),
         "MatMul" => |im, n, name, x| im.matmul(n, name, x),
-        "Concat" => |im, n, name, x| im.concat(n, name, x),
         "ReduceMean" => |im, n, name, x| im.reduce_mean(n, name, x),
         "ConvTranspose" => |im, n, name, x| im.conv_transpose(n, name, x),
         "Pad" => |im, n, name, x| im.pad(n, name, x),
@@ -667,7 +683,6 @@ fn translator(op: &str) -> Option<Translator> {
         "Resize" | "Upsample" => |im, n, name, x| im.resize(n, name, &n.op_type, x),
         "Slice" => |im, n, name, x| im.slice(n, name, x),
         "Gather" => |im, n, name, x| im.gather(n, name, x),
-        "Shape" => |im, n, name, x| im.shape_of_activation(n, name, x),
         _ => return None,
     })
 }
@@ -984,18 +999,14 @@ impl Importer<'_> {
                     )
                 }
             };
-            self.values.insert(n.output[0].clone(), Value::Const(c));
+            self.values.insert(
+                n.output[0].clone(),
+                Value::Const(crate::tensor::from_file(c)),
+            );
             return Ok(());
         }
         if op == "Shape" {
-            let r = self.node_input(n, 0)?;
-            let mut dims = vec![BATCH];
-            dims.extend(self.g.shape(r).dims().iter().map(|&d| d as i64));
-            self.values.insert(
-                n.output[0].clone(),
-                Value::Const(Const::i64s(vec![dims.len()], dims)),
-            );
-            return Ok(());
+            return self.shape_of(n);
         }
         if op == "ConstantOfShape" {
             let shape = self.constant(n, 0)?.ints();
@@ -1034,6 +1045,11 @@ impl Importer<'_> {
             && present
                 .iter()
                 .all(|s| matches!(self.values.get(*s), Some(Value::Const(_))));
+        if all_const && op == "Expand" && self.expands_to_batch(n) {
+            let name = self.name_for(n);
+            let r = self.expand_to_batch(n, &name)?;
+            return self.finish(n, r);
+        }
         if all_const && !matches!(op, "Conv" | "Gemm" | "MatMul" | "BatchNormalization") {
             let inputs: Vec<Const> = present
                 .iter()
@@ -1042,6 +1058,15 @@ impl Importer<'_> {
                     Value::Node(_) => unreachable!(),
                 })
                 .collect();
+            if let Some(r) = attr(n, "reduction").filter(|a| a.s != b"none") {
+                return Err(self.err(
+                    n,
+                    format!(
+                        "{op} with reduction '{}' is not folded",
+                        String::from_utf8_lossy(&r.s)
+                    ),
+                ));
+            }
             let c = fold(op, &inputs, &|k| Self::ints(n, k), &|k| Self::int(n, k))
                 .map_err(|m| self.err(n, m))?;
             self.values.insert(n.output[0].clone(), Value::Const(c));
@@ -1074,7 +1099,7 @@ impl Importer<'_> {
             }
         }
         if op == "Split" {
-            return self.split(n);
+            return self.split_on_layout(n);
         }
         if matches!(op, "Identity" | "Dropout" | "Cast") {
             let r = self.node_input(n, 0)?;
@@ -1095,11 +1120,19 @@ impl Importer<'_> {
             let r = self.binary(n, &name, op)?;
             return self.finish(n, r);
         }
+        if op == "Concat" {
+            let r = self.concat_any(n, &name)?;
+            return self.finish(n, r);
+        }
         if matches!(op, "Sum" | "Max" | "Min" | "Mean") {
             let r = self.variadic(n, &name, op)?;
             return self.finish(n, r);
         }
         let x = self.node_input(n, 0)?;
+        if op == "MatMul" && matches!(self.values.get(&n.input[1]), Some(Value::Node(_))) {
+            let r = self.matmul_of_activations(n, &name, x)?;
+            return self.finish(n, r);
+        }
         let translate = translator(op).ok_or_else(|| {
             self.err(
                 n,
@@ -1109,7 +1142,7 @@ impl Importer<'_> {
                 ),
             )
         })?;
-        let r = translate(self, n, &name, x)?;
+        let r = self.translate_on_layout(n, &name, x, translate)?;
         self.finish(n, r)
     }
 }
@@ -1138,6 +1171,9 @@ mod tests {
             "Max",
             "Min",
             "Mean",
+            "Concat",
+            "Shape",
+            "Expand",
         ];
         for op in SUPPORTED_OPS {
             assert!(

@@ -16,8 +16,40 @@ pub(crate) enum Data {
     I64(Vec<i64>),
 }
 
-/// The batch entry of a folded `Shape`: unknown until run time.
+/// The batch entry of a folded `Shape`: unknown until run time. Multiples of
+/// it, `N·k` (a batch axis merged with others, `N·12` heads), are the values
+/// just above: see [`batch_times`] and [`batch_factor`].
 pub(crate) const BATCH: i64 = i64::MIN;
+
+/// The largest `k` of a batch multiple `N·k` shape arithmetic may build.
+const MAX_BATCH_FACTOR: i64 = 1 << 40;
+
+/// `N·k` as a folded shape value (`k ≥ 1`), or `None` past the largest factor.
+pub(crate) fn batch_times(k: i64) -> Option<i64> {
+    (1..=MAX_BATCH_FACTOR).contains(&k).then(|| BATCH + (k - 1))
+}
+
+/// The most negative integer a file's constant keeps: values below it (the
+/// `INT64_MIN + 1` exporters write for "to the start" in a reversed `Slice`)
+/// would read as batch multiples, so they are raised to it, which means the
+/// same wherever such values are clamped to a dimension.
+pub(crate) const MOST_NEGATIVE: i64 = BATCH + MAX_BATCH_FACTOR;
+
+/// A constant from the file with its integers kept out of the batch multiples
+/// ([`MOST_NEGATIVE`]).
+pub(crate) fn from_file(mut c: Const) -> Const {
+    if let Data::I64(v) = &mut c.data {
+        for x in v.iter_mut() {
+            *x = (*x).max(MOST_NEGATIVE);
+        }
+    }
+    c
+}
+
+/// `k` if `v` is the folded value of `N·k`.
+pub(crate) fn batch_factor(v: i64) -> Option<i64> {
+    (v < BATCH + MAX_BATCH_FACTOR).then(|| v - BATCH + 1)
+}
 
 impl Const {
     pub fn len(&self) -> usize {

@@ -1,5 +1,5 @@
 use crate::error::{Error, NodeContext, Result};
-use crate::ir::{Graph, Node, NodeId, Op, OpT};
+use crate::ir::{BatchView, Graph, Node, NodeId, Op, OpT};
 use crate::lambda::{Closure, CustomOp, LambdaCtx, LambdaNode, RefMode, ShapeCtx, WeightRef};
 use crate::model::Model;
 use crate::ops::InferCtx;
@@ -181,6 +181,25 @@ impl Functional {
     /// The inferred per-sample shape of a node.
     pub fn shape(&self, r: NodeRef) -> &Shape {
         &self.graph.nodes[r.0].shape
+    }
+
+    /// Records where the batch sits in the tensor node `r` is known by outside
+    /// (an importer's tensor whose batch axis is not first); `None` or a
+    /// batch-first view clears it.
+    pub fn set_view(&mut self, r: NodeRef, view: Option<BatchView>) -> Result<()> {
+        let node = &mut self.graph.nodes[r.0];
+        let view = view.filter(|v| !v.is_batch_first());
+        if let Some(v) = &view {
+            v.check(node.shape.rank())
+                .map_err(|m| Error::invalid(&node.name, m))?;
+        }
+        node.view = view;
+        Ok(())
+    }
+
+    /// The recorded outside view of node `r` ([`set_view`](Self::set_view)).
+    pub fn view(&self, r: NodeRef) -> Option<&BatchView> {
+        self.graph.nodes[r.0].view.as_ref()
     }
 
     /// The node named `name` (or aliased so), for wiring by name.
@@ -563,6 +582,7 @@ impl Functional {
             inputs: inputs.to_vec(),
             shape,
             layer,
+            view: None,
         });
         Ok(id)
     }

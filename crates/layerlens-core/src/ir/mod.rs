@@ -6,8 +6,10 @@
 //! `layer` is the node's [`Node::layer`] (shared by every call of a shared layer).
 
 mod op;
+mod view;
 
 pub use op::{Op, OpT};
+pub use view::BatchView;
 
 use crate::error::{Error, Result};
 use crate::select::Selector;
@@ -31,6 +33,10 @@ pub struct Node {
     /// Parameter scope: keys of this node's parameters are `layer.param`. Equal to
     /// the name except for the second and later calls of a shared layer.
     pub layer: String,
+    /// Where the batch sits in the tensor this node is known by outside, when
+    /// that is not batch-first (an imported ONNX tensor `(197, N, 768)`):
+    /// extraction returns that tensor; hooks and the executor see batch-first.
+    pub view: Option<BatchView>,
 }
 
 /// A computation graph with named nodes.

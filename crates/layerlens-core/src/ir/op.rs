@@ -6,7 +6,8 @@ use crate::ops::{
     Mul, Pool2d, Reshape,
 };
 use crate::ops::{
-    ConvTranspose2d, Crop2d, Elementwise, LayerNorm, PRelu, Pad2d, Permute, Resize, Slice, Upsample,
+    BatchConstant, ConvTranspose2d, Crop2d, Elementwise, LayerNorm, MatMul, PRelu, Pad2d, Permute,
+    Resize, Slice, Upsample,
 };
 use crate::shape::Shape;
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,10 @@ pub enum OpT<L> {
     Resize(Resize),
     /// Strided slicing of per-sample axes.
     Slice(Slice),
+    /// Matrix product of two activations.
+    MatMul(MatMul),
+    /// A per-sample constant repeated along the batch.
+    BatchConstant(BatchConstant),
 }
 
 /// An operation in a live graph.
@@ -95,6 +100,8 @@ impl<L> OpT<L> {
             OpT::Crop2d(l) => l,
             OpT::Resize(l) => l,
             OpT::Slice(l) => l,
+            OpT::MatMul(l) => l,
+            OpT::BatchConstant(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -124,6 +131,8 @@ impl<L> OpT<L> {
             OpT::Crop2d(l) => l,
             OpT::Resize(l) => l,
             OpT::Slice(l) => l,
+            OpT::MatMul(l) => l,
+            OpT::BatchConstant(l) => l,
             OpT::Input(_) | OpT::Lambda(_) => return None,
         })
     }
@@ -155,6 +164,8 @@ impl<L> OpT<L> {
             OpT::Crop2d(l) => OpT::Crop2d(l),
             OpT::Resize(l) => OpT::Resize(l),
             OpT::Slice(l) => OpT::Slice(l),
+            OpT::MatMul(l) => OpT::MatMul(l),
+            OpT::BatchConstant(l) => OpT::BatchConstant(l),
         })
     }
 }
@@ -190,6 +201,8 @@ impl Op {
             OpT::Crop2d(_) => "Crop2d".into(),
             OpT::Resize(r) => format!("Resize({:?})", r.kernel),
             OpT::Slice(_) => "Slice".into(),
+            OpT::MatMul(_) => "MatMul".into(),
+            OpT::BatchConstant(_) => "BatchConstant".into(),
         }
     }
 
@@ -233,5 +246,7 @@ into_op!(
     PRelu,
     Crop2d,
     Resize,
-    Slice
+    Slice,
+    MatMul,
+    BatchConstant
 );

@@ -62,9 +62,15 @@ impl Importer<'_> {
         let w = (w * alpha as f64)?;
         let c = self.opt_constant(n, 2)?;
         let units = w.dim(0)?;
-        let r = self
-            .g
-            .add_as(name, Dense::new(units).bias(c.is_some()), &[x])?;
+        // Rows that are not one per sample (`(197·N, 768)` in attention) are
+        // multiplied along their last per-sample axis.
+        let dense = Dense::new(units).bias(c.is_some());
+        let dense = if self.g.shape(x).rank() > 1 {
+            dense.on_last_axis()
+        } else {
+            dense
+        };
+        let r = self.g.add_as(name, dense, &[x])?;
         self.weights.push((format!("{name}.weight"), w));
         if let Some(c) = c {
             // C broadcasts to (batch, units): only a C that is the same for every

@@ -108,19 +108,46 @@ impl Importer<'_> {
     ) -> Result<NodeRef> {
         let vals = [a, b];
         Ok(match (vals[0], vals[1]) {
-            (Value::Node(a), Value::Node(b)) => self.g.add_as(
-                name,
-                Elementwise {
-                    kind,
-                    constant: None,
-                },
-                &[*a, *b],
-            )?,
+            (Value::Node(a), Value::Node(b)) => {
+                let view = self.view_of(*a);
+                let laid_out = !(self.batch_first(*a) && self.batch_first(*b));
+                if laid_out
+                    && (self.view_of(*b) != view
+                        || self.g.shape(*a).rank() != self.g.shape(*b).rank())
+                {
+                    return Err(self.err(
+                        n,
+                        format!(
+                            "operands {} and {}, laid out differently (the batch not first in one of them), are not supported",
+                            self.show_dims(*a),
+                            self.show_dims(*b)
+                        ),
+                    ));
+                }
+                let r = self.g.add_as(
+                    name,
+                    Elementwise {
+                        kind,
+                        constant: None,
+                    },
+                    &[*a, *b],
+                )?;
+                if laid_out {
+                    self.g.set_view(r, Some(view))?;
+                }
+                r
+            }
             (Value::Node(a), Value::Const(c)) | (Value::Const(c), Value::Node(a)) => {
                 let side = if matches!(vals[0], Value::Node(_)) {
                     Side::Rhs
                 } else {
                     Side::Lhs
+                };
+                let laid_out = !self.batch_first(*a);
+                let c = if laid_out {
+                    self.constant_for_view(n, *a, c)?
+                } else {
+                    c.clone()
                 };
                 let e = Elementwise {
                     kind,
@@ -131,7 +158,11 @@ impl Importer<'_> {
                 };
                 let r = self.g.add_as(name, e, &[*a])?;
                 self.weights
-                    .push((format!("{name}.constant"), Self::tensor(c)?));
+                    .push((format!("{name}.constant"), Self::tensor(&c)?));
+                if laid_out {
+                    let view = self.view_of(*a);
+                    self.g.set_view(r, Some(view))?;
+                }
                 r
             }
             (Value::Const(_), Value::Const(_)) => {

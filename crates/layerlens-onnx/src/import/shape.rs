@@ -1,73 +1,14 @@
-//! Ops that move values without arithmetic: `Flatten`, `Reshape`,
-//! `Squeeze` / `Unsqueeze`, `Concat`, `Pad`, `Transpose`, `Slice`, `Split`,
-//! `Gather`, and `Shape` of an activation (refused).
+//! Ops that move values without arithmetic on batch-first tensors or along
+//! per-sample axes: `Pad`, `Slice`, `Split`, `Gather` (`Transpose`,
+//! `Reshape`, `Squeeze` / `Unsqueeze`, `Flatten` of any layout are in `layout.rs`).
 
-use super::{attr, sanitize, Importer, Value, BATCH};
+use super::{attr, sanitize, Importer, Value};
 use crate::proto::NodeProto;
 use layerlens_core::builder::NodeRef;
-use layerlens_core::ops::{Concat, Flatten, Pad2d, PadMode, Permute, Reshape, Slice};
-use layerlens_core::{Result, Shape};
+use layerlens_core::ops::{Concat, Pad2d, PadMode, Reshape, Slice};
+use layerlens_core::Result;
 
 impl Importer<'_> {
-    /// `Flatten`.
-    pub(super) fn flatten(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
-        if Self::int(n, "axis").unwrap_or(1) != 1 {
-            return Err(self.err(n, "Flatten is supported on axis 1 only".into()));
-        }
-        self.g.add_as(name, Flatten, &[x])
-    }
-
-    /// `Reshape`.
-    pub(super) fn reshape(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
-        let target = self.constant(n, 1)?.ints();
-        let input = self.g.shape(x).clone();
-        let per = self.per_sample_reshape(n, &target, &input)?;
-        self.g.add_as(name, Reshape::new(per), &[x])
-    }
-
-    /// `Squeeze` / `Unsqueeze`.
-    pub(super) fn squeeze(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
-        let op = n.op_type.as_str();
-        let axes = match self.opt_constant(n, 1)? {
-            Some(c) => c.ints(),
-            None => Self::ints(n, "axes").unwrap_or_default(),
-        };
-        let dims = self.g.shape(x).dims().to_vec();
-        let full: Vec<usize> = std::iter::once(1).chain(dims.iter().copied()).collect();
-        let out_rank = if op == "Unsqueeze" {
-            full.len() + axes.len()
-        } else {
-            full.len()
-        };
-        let ax = crate::fold::unique_axes(&axes, out_rank).map_err(|m| self.err(n, m))?;
-        if ax.contains(&0) {
-            return Err(self.err(
-                n,
-                "squeezing or unsqueezing the batch axis is not supported".into(),
-            ));
-        }
-        let full = if op == "Unsqueeze" {
-            crate::fold::unsqueeze(&full, &ax)
-        } else if ax.is_empty() {
-            std::iter::once(1)
-                .chain(dims.iter().copied().filter(|&d| d != 1))
-                .collect()
-        } else {
-            crate::fold::squeeze(&full, &ax).map_err(|m| self.err(n, m))?
-        };
-        let target: Vec<isize> = full[1..].iter().map(|&d| d as isize).collect();
-        self.g.add_as(name, Reshape::new(target), &[x])
-    }
-
-    /// `Concat`.
-    pub(super) fn concat(&mut self, n: &NodeProto, name: &str, _x: NodeRef) -> Result<NodeRef> {
-        let axis = Self::int(n, "axis").ok_or_else(|| self.err(n, "Concat without axis".into()))?;
-        let refs = (0..n.input.len())
-            .map(|i| self.node_input(n, i))
-            .collect::<Result<Vec<_>>>()?;
-        self.g.add_as(name, Concat::new(axis as isize), &refs)
-    }
-
     /// `Pad`.
     pub(super) fn pad(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
         let mode = attr(n, "mode")
@@ -110,20 +51,6 @@ impl Importer<'_> {
             },
             &[x],
         )
-    }
-
-    /// `Transpose`.
-    pub(super) fn transpose(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
-        let rank = self.g.shape(x).rank() + 1;
-        let perm = Self::ints(n, "perm").unwrap_or_else(|| (0..rank as i64).rev().collect());
-        if perm.first() != Some(&0) {
-            return Err(self.err(
-                n,
-                format!("perm {perm:?} moves the batch axis; not supported"),
-            ));
-        }
-        let per: Vec<usize> = perm[1..].iter().map(|&p| (p - 1).max(0) as usize).collect();
-        self.g.add_as(name, Permute { perm: per }, &[x])
     }
 
     /// `Slice`.
@@ -183,20 +110,6 @@ impl Importer<'_> {
             slice.steps.push(steps[i]);
         }
         self.g.add_as(name, slice, &[x])
-    }
-
-    /// `Shape`.
-    pub(super) fn shape_of_activation(
-        &mut self,
-        n: &NodeProto,
-        _name: &str,
-        _x: NodeRef,
-    ) -> Result<NodeRef> {
-        let op = n.op_type.as_str();
-        Err(self.err(
-            n,
-            format!("{op} of an activation is not supported (only of constants, which are folded)"),
-        ))
     }
 
     /// `Gather` of an activation with constant indices along a non-batch axis:
@@ -354,44 +267,5 @@ impl Importer<'_> {
             start += size;
         }
         Ok(())
-    }
-
-    /// ONNX Reshape targets include the batch axis; layerlens reshapes per sample.
-    pub(super) fn per_sample_reshape(
-        &self,
-        n: &NodeProto,
-        target: &[i64],
-        input: &Shape,
-    ) -> Result<Vec<isize>> {
-        if target.is_empty() {
-            return Err(self.err(n, "empty reshape target".into()));
-        }
-        let first_ok = matches!(target[0], BATCH | 0 | -1) || Some(target[0]) == self.static_batch;
-        let rest_has_infer = target[1..].contains(&-1);
-        if !first_ok || (target[0] == -1 && rest_has_infer) {
-            return Err(self.err(
-                n,
-                format!(
-                    "reshape target {target:?} does not keep the batch axis first; not supported"
-                ),
-            ));
-        }
-        target[1..]
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| match d {
-                0 => input.dims().get(i).map(|&v| v as isize).ok_or_else(|| {
-                    self.err(
-                        n,
-                        format!("0 in reshape target {target:?} copies a dim the input lacks"),
-                    )
-                }),
-                BATCH => Err(self.err(
-                    n,
-                    "the batch size appears after the first axis of a reshape target".into(),
-                )),
-                d => Ok(d as isize),
-            })
-            .collect()
     }
 }

@@ -108,17 +108,28 @@ def with_every_output(path, out_path):
     floats = {vi.name for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
               if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     have = {o.name for o in m.graph.output}
-    # Values known without the input (initializers, Constant nodes and what is
-    # computed from them only) are folded by layerlens into weights: not nodes.
+    # Values known without the input's values (initializers, Constant nodes,
+    # Shape, and what is computed from them only) are folded by layerlens: not nodes.
     known = {t.name for t in m.graph.initializer}
     names = []
+    modules = set()
+    for node in m.graph.node:
+        for p in node.metadata_props:
+            if p.key == "pkg.torch.onnx.name_scopes":
+                scopes = [x.strip().strip("'\"") for x in p.value.strip("[]").split(",")]
+                modules.update(x for x in scopes[1:-1] if x)
     for node in m.graph.node:
         inputs = [i for i in node.input if i]
-        if node.op_type == "Constant" or (inputs and all(i in known for i in inputs)):
+        # `Shape` of an activation and what is computed from it alone are shape
+        # arithmetic, folded at import like constants.
+        if node.op_type in ("Constant", "Shape") or (inputs and all(i in known for i in inputs)):
             known.update(o for o in node.output if o)
             continue
         for o in node.output:
-            if o and o in floats:
+            # A tensor named like a PyTorch module (torchvision Swin's final
+            # `permute` module vs the patch embedding's `permute` tensor) is that
+            # module's output for layerlens, as a forward hook sees it: not compared.
+            if o and o in floats and o not in modules:
                 names.append(o)
                 if o not in have:
                     m.graph.output.append(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None))

@@ -16,6 +16,9 @@ pub struct SummaryRow {
     pub op: String,
     /// Per-sample output shape.
     pub shape: Shape,
+    /// The output as extraction returns it, when the batch is not first
+    /// (an imported ONNX tensor): `(197, N, 768)`.
+    pub outside: Option<String>,
     /// Parameters first owned by this node (0 for later calls of a shared layer).
     pub params: usize,
     /// Multiply-accumulates per sample.
@@ -91,6 +94,7 @@ impl Model {
                 name: n.name.clone(),
                 op: n.op.type_label(),
                 shape: n.shape.clone(),
+                outside: n.view.as_ref().map(|v| v.describe(n.shape.dims())),
                 params,
                 macs,
                 inputs: g.names(&n.inputs),
@@ -139,7 +143,8 @@ impl fmt::Display for Summary {
             .rows
             .iter()
             .map(|r| {
-                let mut c = vec![format!("{} ({})", r.name, r.op), r.shape.to_string()];
+                let shape = r.outside.clone().unwrap_or_else(|| r.shape.to_string());
+                let mut c = vec![format!("{} ({})", r.name, r.op), shape];
                 if self.keras_shapes {
                     c.push(keras_shape(&r.shape));
                 }

@@ -176,24 +176,78 @@ pub(crate) fn fold(
             })
         }
         "Concat" => {
-            if inputs.iter().any(|c| c.dims.len() > 1) {
-                return Err("only 1-D Concat is folded".into());
+            let rank = inputs[0].dims.len();
+            if rank == 0 || inputs.iter().any(|c| c.dims.len() != rank) {
+                return Err("Concat of constants of different or zero ranks".into());
             }
+            let a = axis(attr_int("axis").unwrap_or(0), rank)?;
+            let fits = inputs
+                .iter()
+                .all(|c| (0..rank).all(|i| i == a || c.dims[i] == inputs[0].dims[i]));
+            if !fits {
+                return Err(format!(
+                    "Concat of constants whose dims differ off axis {a}: {:?}",
+                    inputs.iter().map(|c| c.dims.clone()).collect::<Vec<_>>()
+                ));
+            }
+            let mut dims = inputs[0].dims.clone();
+            dims[a] = inputs.iter().map(|c| c.dims[a]).sum();
+            // Blocks of `inner` values per input, `outer` times.
+            let outer: usize = dims[..a].iter().product();
+            let inner = |c: &Const| c.dims[a..].iter().product::<usize>();
             // Integers stay integers (shapes); anything else is concatenated as
             // floats (Resize scales), never truncated.
             if inputs.iter().all(|c| matches!(c.data, Data::I64(_))) {
-                let v: Vec<i64> = inputs.iter().flat_map(|c| c.ints()).collect();
-                Ok(Const::i64s(vec![v.len()], v))
+                let parts: Vec<Vec<i64>> = inputs.iter().map(|c| c.ints()).collect();
+                let mut v = Vec::new();
+                for o in 0..outer {
+                    for (c, p) in inputs.iter().zip(&parts) {
+                        let k = inner(c);
+                        v.extend_from_slice(&p[o * k..(o + 1) * k]);
+                    }
+                }
+                Ok(Const::i64s(dims, v))
             } else {
                 if inputs.iter().any(holds_batch) {
                     return Err("Concat of the batch size with floats is not folded".into());
                 }
-                let v: Vec<f32> = inputs.iter().flat_map(|c| c.floats()).collect();
+                let parts: Vec<Vec<f32>> = inputs.iter().map(|c| c.floats()).collect();
+                let mut v = Vec::new();
+                for o in 0..outer {
+                    for (c, p) in inputs.iter().zip(&parts) {
+                        let k = inner(c);
+                        v.extend_from_slice(&p[o * k..(o + 1) * k]);
+                    }
+                }
                 Ok(Const {
-                    dims: vec![v.len()],
+                    dims,
                     data: Data::F32(v),
                 })
             }
+        }
+        "Not" => {
+            let c = &inputs[0];
+            Ok(Const::i64s(
+                c.dims.clone(),
+                c.ints().iter().map(|&x| i64::from(x == 0)).collect(),
+            ))
+        }
+        "And" | "Or" | "Xor" => {
+            need(2)?;
+            let (a, b) = (&inputs[0], &inputs[1]);
+            let (len, dims, ia, ib) = pairing(op, a, b)?;
+            let (x, y) = (a.ints(), b.ints());
+            let v = (0..len)
+                .map(|i| {
+                    let (p, q) = (x[ia[i]] != 0, y[ib[i]] != 0);
+                    i64::from(match op {
+                        "And" => p && q,
+                        "Or" => p || q,
+                        _ => p != q,
+                    })
+                })
+                .collect();
+            Ok(Const::i64s(dims, v))
         }
         "Reshape" => {
             need(2)?;
@@ -343,13 +397,12 @@ pub(crate) fn fold(
         "Add" | "Sub" | "Mul" | "Div" => {
             need(2)?;
             let (a, b) = (&inputs[0], &inputs[1]);
-            let (n, m) = (a.len(), b.len());
-            let (len, dims) = pairing(op, a, b)?;
+            let (len, dims, ia, ib) = pairing(op, a, b)?;
             match (&a.data, &b.data) {
                 (Data::I64(x), Data::I64(y)) => {
                     let v: Vec<i64> = (0..len)
                         .map(|i| {
-                            let (p, q) = (x[i % n], y[i % m]);
+                            let (p, q) = (x[ia[i]], y[ib[i]]);
                             if batch_factor(p).is_some() || batch_factor(q).is_some() {
                                 return batch_arithmetic(op, p, q);
                             }
@@ -370,7 +423,7 @@ pub(crate) fn fold(
                     let (x, y) = (a.floats(), b.floats());
                     let v: Vec<f32> = (0..len)
                         .map(|i| {
-                            let (p, q) = (x[i % n], y[i % m]);
+                            let (p, q) = (x[ia[i]], y[ib[i]]);
                             match op {
                                 "Add" => p + q,
                                 "Sub" => p - q,
@@ -389,8 +442,7 @@ pub(crate) fn fold(
         "Mod" => {
             need(2)?;
             let (a, b) = (&inputs[0], &inputs[1]);
-            let (n, m) = (a.len(), b.len());
-            let (len, dims) = pairing(op, a, b)?;
+            let (len, dims, ia, ib) = pairing(op, a, b)?;
             if holds_batch(a) || holds_batch(b) {
                 return Err("Mod of the batch size is not folded".into());
             }
@@ -399,7 +451,7 @@ pub(crate) fn fold(
                 (Data::I64(x), Data::I64(y)) if !fmod => {
                     let v: Vec<i64> = (0..len)
                         .map(|i| {
-                            let (p, q) = (x[i % n], y[i % m]);
+                            let (p, q) = (x[ia[i]], y[ib[i]]);
                             if q == 0 {
                                 return Err(format!("Mod of {p} by zero"));
                             }
@@ -421,12 +473,19 @@ pub(crate) fn fold(
         "Equal" => {
             need(2)?;
             let (a, b) = (&inputs[0], &inputs[1]);
-            let (n, m) = (a.len(), b.len());
-            let (len, dims) = pairing(op, a, b)?;
+            let (len, dims, ia, ib) = pairing(op, a, b)?;
+            if matches!(a.data, Data::F32(_)) || matches!(b.data, Data::F32(_)) {
+                if holds_batch(a) || holds_batch(b) {
+                    return Err("Equal of the batch size with floats is not folded".into());
+                }
+                let (x, y) = (a.floats(), b.floats());
+                let v = (0..len).map(|i| i64::from(x[ia[i]] == y[ib[i]])).collect();
+                return Ok(Const::i64s(dims, v));
+            }
             let (x, y) = (a.ints(), b.ints());
             let v: Vec<i64> = (0..len)
                 .map(|i| {
-                    let (p, q) = (x[i % n], y[i % m]);
+                    let (p, q) = (x[ia[i]], y[ib[i]]);
                     match (batch_factor(p), batch_factor(q)) {
                         (None, None) => Ok(i64::from(p == q)),
                         (Some(a), Some(b)) if a == b => Ok(1),
@@ -442,17 +501,65 @@ pub(crate) fn fold(
                     }
                 })
                 .collect::<Result<_, String>>()?;
-            if matches!(a.data, Data::F32(_)) || matches!(b.data, Data::F32(_)) {
-                return Err("only integer Equal is folded".into());
-            }
             Ok(Const::i64s(dims, v))
+        }
+        "Range" => {
+            need(3)?;
+            if inputs.iter().any(|c| c.len() != 1) {
+                return Err("Range needs scalar start, limit and delta".into());
+            }
+            if inputs.iter().any(holds_batch) {
+                return Err("Range up to the batch size is not folded".into());
+            }
+            if inputs.iter().all(|c| matches!(c.data, Data::I64(_))) {
+                let (s0, l, d) = (
+                    inputs[0].ints()[0],
+                    inputs[1].ints()[0],
+                    inputs[2].ints()[0],
+                );
+                if d == 0 {
+                    return Err("Range with a delta of 0".into());
+                }
+                // ONNX: max(ceil((limit - start) / delta), 0) values.
+                let span = l.checked_sub(s0).ok_or("Range overflows 64 bits")?;
+                let count = if (span > 0) == (d > 0) && span != 0 {
+                    (span.unsigned_abs().div_ceil(d.unsigned_abs())) as usize
+                } else {
+                    0
+                };
+                if count > MAX_FOLDED_ELEMENTS {
+                    return Err(format!("Range of {count} values is too large to fold"));
+                }
+                let v: Vec<i64> = (0..count as i64).map(|i| s0 + i * d).collect();
+                Ok(Const::i64s(vec![v.len()], v))
+            } else {
+                let (s0, l, d) = (
+                    inputs[0].floats()[0],
+                    inputs[1].floats()[0],
+                    inputs[2].floats()[0],
+                );
+                let count = ((l - s0) / d).ceil();
+                if !count.is_finite() || count > MAX_FOLDED_ELEMENTS as f32 {
+                    return Err("Range with a non-finite or too large count".into());
+                }
+                let count = count.max(0.0) as usize;
+                // Accumulated, as the ONNX function body (and ONNX Runtime) does.
+                let v: Vec<f32> = std::iter::successors(Some(s0), |&x| Some(x + d))
+                    .take(count)
+                    .collect();
+                Ok(Const {
+                    dims: vec![v.len()],
+                    data: Data::F32(v),
+                })
+            }
         }
         "Where" => {
             need(3)?;
             let (c, a, b) = (&inputs[0], &inputs[1], &inputs[2]);
             let len = c.len();
-            if [a.len(), b.len()].iter().any(|&l| l != len && l != 1) || len == 0 {
-                return Err("only equal-size or scalar Where is folded".into());
+            let same = |x: &Const| x.len() == 1 || x.dims == c.dims;
+            if !same(a) || !same(b) || len == 0 {
+                return Err("only Where of equal dims or scalars is folded".into());
             }
             let cond = c.ints();
             let pick = |i: usize| {
@@ -530,8 +637,7 @@ pub(crate) fn fold(
         "Pow" => {
             need(2)?;
             let (a, b) = (&inputs[0], &inputs[1]);
-            let (n, m) = (a.len(), b.len());
-            let (len, dims) = pairing(op, a, b)?;
+            let (len, dims, ia, ib) = pairing(op, a, b)?;
             if holds_batch(a) || holds_batch(b) {
                 return Err("Pow of the batch size is not folded".into());
             }
@@ -540,7 +646,7 @@ pub(crate) fn fold(
                     dims,
                     (0..len)
                         .map(|i| {
-                            let (p, q) = (x[i % n], y[i % m]);
+                            let (p, q) = (x[ia[i]], y[ib[i]]);
                             u32::try_from(q).ok().and_then(|q| p.checked_pow(q))
                         })
                         .collect::<Option<_>>()
@@ -553,7 +659,7 @@ pub(crate) fn fold(
                     let (x, y) = (a.floats(), b.floats());
                     Const {
                         dims,
-                        data: Data::F32((0..len).map(|i| x[i % n].powf(y[i % m])).collect()),
+                        data: Data::F32((0..len).map(|i| x[ia[i]].powf(y[ib[i]])).collect()),
                     }
                 }
             })
@@ -670,31 +776,59 @@ fn batch_arithmetic(op: &str, p: i64, q: i64) -> Result<i64, String> {
     }
 }
 
-/// How two constants pair element-wise: equal sizes, or one of them a single
-/// value; the length and the dims of the result.
-fn pairing(op: &str, a: &Const, b: &Const) -> Result<(usize, Vec<usize>), String> {
-    let (n, m) = (a.len(), b.len());
+/// How two constants pair element-wise (NumPy broadcasting): the length and
+/// dims of the result and, for each result value, the index of its operands.
+type Pairing = (usize, Vec<usize>, Vec<usize>, Vec<usize>);
+
+fn pairing(op: &str, a: &Const, b: &Const) -> Result<Pairing, String> {
     let what = if matches!(op, "Add" | "Sub" | "Mul" | "Div") {
         "arithmetic"
     } else {
         op
     };
-    if n == 0 || m == 0 {
+    if a.len() == 0 || b.len() == 0 {
         return Err(format!("{what} on an empty constant is not folded"));
     }
-    if n != m && n != 1 && m != 1 {
-        return Err(format!(
-            "only equal-size or scalar constant {what} is folded"
-        ));
+    let rank = a.dims.len().max(b.dims.len());
+    let pad = |d: &[usize]| -> Vec<usize> {
+        std::iter::repeat_n(1, rank - d.len())
+            .chain(d.iter().copied())
+            .collect()
+    };
+    let (da, db) = (pad(&a.dims), pad(&b.dims));
+    let mut dims = Vec::with_capacity(rank);
+    for (&x, &y) in da.iter().zip(&db) {
+        dims.push(match (x, y) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => {
+                return Err(format!(
+                    "{what} of constants of dims {:?} and {:?}, which do not broadcast",
+                    a.dims, b.dims
+                ))
+            }
+        });
     }
-    Ok((
-        n.max(m),
-        if n >= m {
-            a.dims.clone()
-        } else {
-            b.dims.clone()
-        },
-    ))
+    let len: usize = dims.iter().product();
+    if len > MAX_FOLDED_ELEMENTS {
+        return Err(format!("{what} to {len} values is too large to fold"));
+    }
+    let (sa, sb, so) = (strides(&da), strides(&db), strides(&dims));
+    let index = |d: &[usize], s: &[usize], flat: usize| -> usize {
+        (0..rank)
+            .map(|k| {
+                if d[k] == 1 {
+                    0
+                } else {
+                    (flat / so[k]) % dims[k] * s[k]
+                }
+            })
+            .sum()
+    };
+    let ia = (0..len).map(|i| index(&da, &sa, i)).collect();
+    let ib = (0..len).map(|i| index(&db, &sb, i)).collect();
+    Ok((len, dims, ia, ib))
 }
 
 /// The largest constant folding may create (Expand): 64 Mi values.
@@ -721,13 +855,12 @@ fn gather_data(data: &Data, n: usize, index: impl Fn(usize) -> usize) -> Data {
 /// is only known to be at least 1, so it takes part only as `Max(N, 1)`,
 /// `Min(N, N)`-like identities: anything else is refused.
 fn fold_extremum(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
-    let (n, m) = (a.len(), b.len());
-    let (len, dims) = pairing(op, a, b)?;
+    let (len, dims, ia, ib) = pairing(op, a, b)?;
     match (&a.data, &b.data) {
         (Data::I64(x), Data::I64(y)) => {
             let v: Vec<i64> = (0..len)
                 .map(|i| {
-                    let (p, q) = (x[i % n], y[i % m]);
+                    let (p, q) = (x[ia[i]], y[ib[i]]);
                     match (batch_factor(p), batch_factor(q)) {
                         (None, None) => {}
                         (Some(a), Some(b)) if a == b && op != "Sum" => return Ok(p),
@@ -758,7 +891,7 @@ fn fold_extremum(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
             let (x, y) = (a.floats(), b.floats());
             let v: Vec<f32> = (0..len)
                 .map(|i| {
-                    let (p, q) = (x[i % n], y[i % m]);
+                    let (p, q) = (x[ia[i]], y[ib[i]]);
                     match op {
                         // ONNX propagates NaN; f32::max would drop it.
                         _ if p.is_nan() || q.is_nan() => f32::NAN,
@@ -817,6 +950,53 @@ mod tests {
             assert!(e.contains("arithmetic on the batch size"), "{op}: {e}");
         }
         assert_eq!(run("Mul", &[4, 5], &[2]).unwrap(), [8, 10]);
+    }
+
+    /// Folding follows NumPy broadcasting ((2, 1) + (2,) is (2, 2), not an
+    /// element-wise sum of two length-2 lists), N-D Concat and strided Slice.
+    #[test]
+    fn folds_broadcast_concatenate_and_slice_any_rank() {
+        let none = |_: &str| None;
+        let no_int = |_: &str| None;
+        let col = Const::i64s(vec![2, 1], vec![0, 10]);
+        let row = Const::i64s(vec![2], vec![1, 2]);
+        let sum = fold("Add", &[col.clone(), row.clone()], &none, &no_int).unwrap();
+        assert_eq!(
+            (sum.dims.clone(), sum.ints()),
+            (vec![2, 2], vec![1, 2, 11, 12])
+        );
+        let wide = Const::i64s(vec![2, 2], vec![5, 6, 7, 8]);
+        let axis1 = |k: &str| (k == "axis").then_some(1);
+        let cat = fold("Concat", &[col, wide.clone()], &none, &axis1).unwrap();
+        assert_eq!(
+            (cat.dims.clone(), cat.ints()),
+            (vec![2, 3], vec![0, 5, 6, 10, 7, 8])
+        );
+        let rev = fold(
+            "Slice",
+            &[
+                wide,
+                ints(&[-1]),
+                ints(&[i64::MIN + (1 << 40)]),
+                ints(&[1]),
+                ints(&[-1]),
+            ],
+            &none,
+            &no_int,
+        )
+        .unwrap();
+        assert_eq!(
+            (rev.dims.clone(), rev.ints()),
+            (vec![2, 2], vec![6, 5, 8, 7])
+        );
+        let range = fold(
+            "Range",
+            &[ints(&[1]), ints(&[8]), ints(&[3])],
+            &none,
+            &no_int,
+        )
+        .unwrap();
+        assert_eq!(range.ints(), [1, 4, 7]);
     }
 
     /// `Equal` / `Where` as torch writes `Expand(x, where(shape == -1, 1, shape))`:

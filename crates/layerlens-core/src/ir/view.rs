@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 /// let merged = BatchView { batch_pos: 1, groups: vec![2, 1] };
 /// assert_eq!(merged.outside_dims(&[197, 768], 2), [394, 768]);
 /// assert_eq!(merged.batch_axis(), 0);
+/// assert_eq!(merged.describe(&[197, 768]), "(197·N, 768)");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BatchView {
@@ -105,6 +106,21 @@ impl BatchView {
             pos += g;
         }
         out
+    }
+
+    /// The outside shape with the batch as `N`, as a summary prints it:
+    /// `(197, N, 768)`, `(N·12, 197, 64)`, `(197·N, 768)`.
+    pub fn describe(&self, per_sample: &[usize]) -> String {
+        let mut all: Vec<String> = per_sample.iter().map(|d| d.to_string()).collect();
+        all.insert(self.batch_pos.min(all.len()), "N".into());
+        let mut parts = Vec::with_capacity(self.groups.len());
+        let mut pos = 0;
+        for &g in &self.groups {
+            let end = (pos + g).min(all.len());
+            parts.push(all[pos..end].join("·"));
+            pos += g;
+        }
+        format!("({})", parts.join(", "))
     }
 
     /// The outside tensor of a batch-first value `t` (`(N, per-sample...)`).

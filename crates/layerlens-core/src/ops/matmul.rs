@@ -80,17 +80,40 @@ impl LayerOp for MatMul {
     }
 
     fn forward(&self, inputs: &[Tensor], ctx: &ForwardCtx) -> Result<Tensor> {
+        let node = ctx.node;
         let (a, b) = (&inputs[0], &inputs[1]);
-        let same = a.rank() == b.rank() && a.dims()[..a.rank() - 2] == b.dims()[..b.rank() - 2];
-        let (a, b) = (
-            a.contiguous().at_node(ctx.node)?,
-            b.contiguous().at_node(ctx.node)?,
-        );
-        if same {
-            a.matmul(&b).at_node(ctx.node)
-        } else {
-            a.broadcast_matmul(&b).at_node(ctx.node)
-        }
+        let (ra, rb) = (a.rank(), b.rank());
+        // The leading axes (batch included) broadcast; candle multiplies at most
+        // two of them, so they are flattened into one.
+        let rank = ra.max(rb);
+        let pad = |t: &Tensor| -> Vec<usize> {
+            std::iter::repeat_n(1, rank - t.rank())
+                .chain(t.dims().iter().copied())
+                .collect()
+        };
+        let (da, db) = (pad(a), pad(b));
+        let lead: Vec<usize> = da[..rank - 2]
+            .iter()
+            .zip(&db[..rank - 2])
+            .map(|(&p, &q)| p.max(q))
+            .collect();
+        let count: usize = lead.iter().product();
+        let (m, k, n) = (da[rank - 2], da[rank - 1], db[rank - 1]);
+        let flat = |t: &Tensor, d: &[usize], rows: usize, cols: usize| -> Result<Tensor> {
+            let mut full = lead.clone();
+            full.extend([rows, cols]);
+            t.reshape(d)
+                .and_then(|t| t.broadcast_as(full))
+                .and_then(|t| t.contiguous())
+                .and_then(|t| t.reshape((count, rows, cols)))
+                .at_node(node)
+        };
+        let y = flat(a, &da, m, k)?
+            .matmul(&flat(b, &db, k, n)?)
+            .at_node(node)?;
+        let mut out = lead;
+        out.extend([m, n]);
+        y.reshape(out).at_node(node)
     }
 
     fn macs(&self, inputs: &[Shape], output: &Shape) -> u64 {

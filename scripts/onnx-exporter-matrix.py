@@ -148,12 +148,20 @@ def run_case(arch, exporter):
         note = export(model, x, path, exporter)
     except Exception as e:  # noqa: BLE001 - the exporter's failure is the result
         return f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", None
+    return compare(path, x.numpy(), d, t0, note)
+
+
+def compare(path, x, d, t0=None, note=None):
+    """Every float tensor of the ONNX file `path` on input `x` (a NumPy array),
+    layerlens (the CLI, `--layers` with the tensor names) vs ONNX Runtime;
+    scratch files in `d`. Returns (result line, largest relative error)."""
+    t0 = t0 or time.time()
     all_path = os.path.join(d, "all.onnx")
     names = with_every_output(path, all_path)
     sess = ort.InferenceSession(all_path, providers=["CPUExecutionProvider"])
-    outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    outs = sess.run(None, {sess.get_inputs()[0].name: x})
     refs = {o.name: v for o, v in zip(sess.get_outputs(), outs)}
-    np.save(os.path.join(d, "x.npy"), x.numpy())
+    np.save(os.path.join(d, "x.npy"), x)
     wanted = [n for n in names if n in refs]
     got_path = os.path.join(d, "got.safetensors")
     layers_file = os.path.join(d, "layers.txt")
@@ -178,8 +186,11 @@ def run_case(arch, exporter):
             continue
         scale = float(np.abs(b).max()) if b.size else 0.0
         err = float(np.abs(a - b).max()) if b.size else 0.0
-        rel = err / max(scale, 1e-12)
-        worst = max(worst, rel)
+        # The reported worst relative error leaves out tensors that are all
+        # (nearly) zero, where any rounding is a huge ratio; the check below
+        # still holds them to the absolute floor.
+        if scale > 1e-6:
+            worst = max(worst, err / scale)
         if err > 1e-5 + 1e-4 * scale:
             bad.append(f"{n}: max err {err:.3g} (scale {scale:.3g})")
     secs = time.time() - t0

@@ -55,7 +55,10 @@ fn toy_vit_swin_and_convnext_from_both_exporters_match_onnx_runtime_at_every_ten
                 let (got, want) = (acts.get(n).unwrap(), &refs[&format!("{case}/{n}")]);
                 assert_eq!(got.dims(), want.dims(), "{case} '{n}'");
                 let excess = rel_err(got, want);
-                assert!(excess <= 0.0, "{case} '{n}': off by {excess} past the tolerance");
+                assert!(
+                    excess <= 0.0,
+                    "{case} '{n}': off by {excess} past the tolerance"
+                );
             }
             if exporter == "dynamo" {
                 let y3 = model.predict(&refs[&format!("{case}/x3")]).unwrap();

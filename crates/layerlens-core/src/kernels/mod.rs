@@ -525,19 +525,35 @@ impl CustomOp2 for ConvBackwardWeight {
 /// candle's convolution, padding explicitly where the padding is asymmetric
 /// (candle's kernel pads both sides alike).
 fn candle_conv2d(x: &Tensor, w: &Tensor, p: &ConvParams) -> candle_core::Result<Tensor> {
-    if p.stride[0] != p.stride[1] || p.dilation[0] != p.dilation[1] {
+    if p.dilation[0] != p.dilation[1] {
         candle_core::bail!(
-            "candle's conv2d needs a square stride and dilation, got {:?} and {:?}",
-            p.stride,
+            "candle's conv2d (the path for devices other than the CPU) needs a square dilation, got {:?}",
             p.dilation
         );
     }
-    let (s, d, g) = (p.stride[0], p.dilation[0], p.groups);
-    if p.pads.iter().all(|&q| q == p.pads[0]) {
-        x.conv2d(w, p.pads[0], s, d, g)
+    // candle takes one stride: a rectangular one (OCR backbones' [2, 1]) is the
+    // stride-1 result sampled every stride[0] rows and stride[1] columns.
+    let square = p.stride[0] == p.stride[1];
+    let (s, d, g) = (
+        if square { p.stride[0] } else { 1 },
+        p.dilation[0],
+        p.groups,
+    );
+    let y = if p.pads.iter().all(|&q| q == p.pads[0]) {
+        x.conv2d(w, p.pads[0], s, d, g)?
     } else {
-        pad_hw(x, p.pads, 0.0)?.conv2d(w, 0, s, d, g)
+        pad_hw(x, p.pads, 0.0)?.conv2d(w, 0, s, d, g)?
+    };
+    if square {
+        return Ok(y);
     }
+    let pick = |y: Tensor, dim: usize, step: usize| -> candle_core::Result<Tensor> {
+        let n = y.dim(dim)?;
+        let idx: Vec<u32> = (0..n as u32).step_by(step).collect();
+        let idx = Tensor::from_vec(idx.clone(), idx.len(), y.device())?;
+        y.index_select(&idx, dim)
+    };
+    pick(pick(y, 2, p.stride[0])?, 3, p.stride[1])
 }
 
 /// A differentiable 2-D convolution: NCHW `x`, OIHW `w`.

@@ -151,15 +151,6 @@ impl LayerOp for Conv2d {
                 "filters and groups must be at least 1",
             ));
         }
-        if self.stride[0] != self.stride[1] || self.dilation[0] != self.dilation[1] {
-            return Err(Error::invalid(
-                node,
-                format!(
-                    "non-square stride {:?} or dilation {:?} is not supported yet",
-                    self.stride, self.dilation
-                ),
-            ));
-        }
         if self.in_channels != 0 && self.in_channels != c {
             return Err(Error::shape(
                 node,

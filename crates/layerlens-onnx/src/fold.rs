@@ -89,22 +89,83 @@ pub(crate) fn fold(
         "Gather" => {
             need(2)?;
             let (data, idx) = (&inputs[0], &inputs[1]);
-            if data.dims.len() != 1 || attr_int("axis").unwrap_or(0) != 0 {
-                return Err("only 1-D Gather on axis 0 is folded".into());
+            let rank = data.dims.len();
+            if rank == 0 {
+                return Err("Gather of a scalar".into());
             }
-            let n = data.dims[0] as i64;
-            let vals = data.ints();
-            let out: Result<Vec<i64>, String> = idx
+            let a = axis(attr_int("axis").unwrap_or(0), rank)?;
+            let n = data.dims[a] as i64;
+            let picks: Vec<usize> = idx
                 .ints()
                 .iter()
                 .map(|&i| {
                     let j = if i < 0 { i + n } else { i };
-                    vals.get(j as usize)
-                        .copied()
-                        .ok_or_else(|| format!("index {i} out of range {n}"))
+                    if (0..n).contains(&j) {
+                        Ok(j as usize)
+                    } else {
+                        Err(format!("index {i} out of range {n}"))
+                    }
                 })
-                .collect();
-            Ok(Const::i64s(idx.dims.clone(), out?))
+                .collect::<Result<_, String>>()?;
+            let mut dims = data.dims[..a].to_vec();
+            dims.extend(&idx.dims);
+            dims.extend(&data.dims[a + 1..]);
+            let outer: usize = data.dims[..a].iter().product();
+            let inner: usize = data.dims[a + 1..].iter().product();
+            let total = outer * picks.len() * inner;
+            if total > MAX_FOLDED_ELEMENTS {
+                return Err("Gather result too large to fold".into());
+            }
+            let index = |flat: usize| {
+                let (o, rest) = (flat / (picks.len() * inner), flat % (picks.len() * inner));
+                let (p, i) = (rest / inner, rest % inner);
+                (o * data.dims[a] + picks[p]) * inner + i
+            };
+            Ok(Const {
+                dims,
+                data: gather_data(&data.data, total, index),
+            })
+        }
+        "GatherND" => {
+            need(2)?;
+            let (data, idx) = (&inputs[0], &inputs[1]);
+            if attr_int("batch_dims").unwrap_or(0) != 0 {
+                return Err("GatherND with batch_dims is not folded".into());
+            }
+            let k = *idx
+                .dims
+                .last()
+                .ok_or("GatherND indices must have a last axis")?;
+            if k == 0 || k > data.dims.len() {
+                return Err(format!(
+                    "GatherND indices of dims {:?} do not fit data of dims {:?}",
+                    idx.dims, data.dims
+                ));
+            }
+            let st = strides(&data.dims);
+            let slice: usize = data.dims[k..].iter().product();
+            let mut offsets = Vec::new();
+            for tuple in idx.ints().chunks(k) {
+                let mut off = 0;
+                for (a, &i) in tuple.iter().enumerate() {
+                    let d = data.dims[a] as i64;
+                    let j = if i < 0 { i + d } else { i };
+                    if !(0..d).contains(&j) {
+                        return Err(format!("GatherND index {i} out of range {d}"));
+                    }
+                    off += j as usize * st[a];
+                }
+                offsets.push(off);
+            }
+            let mut dims = idx.dims[..idx.dims.len() - 1].to_vec();
+            dims.extend(&data.dims[k..]);
+            let total = offsets.len() * slice;
+            Ok(Const {
+                dims,
+                data: gather_data(&data.data, total, |f| {
+                    offsets[f / slice.max(1)] + f % slice.max(1)
+                }),
+            })
         }
         "Slice" => {
             let data = &inputs[0];
@@ -595,6 +656,76 @@ pub(crate) fn fold(
                 },
             })
         }
+        "MatMul" => {
+            need(2)?;
+            fold_matmul(&inputs[0], &inputs[1])
+        }
+        "Clip" => {
+            let c = &inputs[0];
+            if holds_batch(c) {
+                return Err("Clip of the batch size is not folded".into());
+            }
+            // Opset 11+: min and max as optional inputs (an empty name is absent).
+            let bound = |i: usize| -> Result<Option<f32>, String> {
+                match inputs.get(i) {
+                    Some(b) if b.len() == 1 => Ok(Some(b.floats()[0])),
+                    Some(b) => Err(format!("Clip bound of {} values", b.len())),
+                    None => Ok(None),
+                }
+            };
+            let (lo, hi) = (bound(1)?, bound(2)?);
+            match &c.data {
+                Data::I64(v) => {
+                    // Integer bounds as integers (an f32 would round past 2^24);
+                    // a float bound (the -∞ of an omitted min) as itself.
+                    let int_bound = |i: usize, f: Option<f32>| match inputs.get(i).map(|b| &b.data)
+                    {
+                        Some(Data::I64(b)) => Some(b[0]),
+                        _ => f.filter(|x| x.is_finite()).map(|x| x as i64),
+                    };
+                    let (lo, hi) = (int_bound(1, lo), int_bound(2, hi));
+                    Ok(Const::i64s(
+                        c.dims.clone(),
+                        v.iter()
+                            .map(|&x| {
+                                let x = lo.map_or(x, |l| x.max(l));
+                                hi.map_or(x, |h| x.min(h))
+                            })
+                            .collect(),
+                    ))
+                }
+                Data::F32(v) => Ok(Const {
+                    dims: c.dims.clone(),
+                    data: Data::F32(
+                        v.iter()
+                            .map(|&x| {
+                                let x = lo.map_or(x, |l| if x < l { l } else { x });
+                                hi.map_or(x, |h| if x > h { h } else { x })
+                            })
+                            .collect(),
+                    ),
+                }),
+            }
+        }
+        "Relu" | "Sigmoid" | "Tanh" => {
+            let c = &inputs[0];
+            if holds_batch(c) || matches!(c.data, Data::I64(_)) {
+                return Err(format!("{op} of integers is not folded"));
+            }
+            let v: Vec<f32> = c
+                .floats()
+                .iter()
+                .map(|&x| match op {
+                    "Relu" => x.max(0.0),
+                    "Sigmoid" => 1.0 / (1.0 + (-x).exp()),
+                    _ => x.tanh(),
+                })
+                .collect();
+            Ok(Const {
+                dims: c.dims.clone(),
+                data: Data::F32(v),
+            })
+        }
         "Sqrt" | "Reciprocal" | "Exp" | "Log" | "Floor" | "Ceil" | "Neg" | "Abs" => {
             let c = &inputs[0];
             if holds_batch(c) {
@@ -733,6 +864,76 @@ pub(crate) fn fold(
         }
         other => Err(format!("'{other}' cannot be folded")),
     }
+}
+
+/// `MatMul` of two float constants (NumPy `matmul`: 1-D operands are a row
+/// and a column, leading axes broadcast), accumulated in f64.
+fn fold_matmul(a: &Const, b: &Const) -> Result<Const, String> {
+    if holds_batch(a)
+        || holds_batch(b)
+        || matches!(a.data, Data::I64(_))
+        || matches!(b.data, Data::I64(_))
+    {
+        return Err("MatMul of integer constants is not folded".into());
+    }
+    let (ra, rb) = (a.dims.len(), b.dims.len());
+    if ra == 0 || rb == 0 {
+        return Err("MatMul of a scalar".into());
+    }
+    let da: Vec<usize> = if ra == 1 {
+        vec![1, a.dims[0]]
+    } else {
+        a.dims.clone()
+    };
+    let db: Vec<usize> = if rb == 1 {
+        vec![b.dims[0], 1]
+    } else {
+        b.dims.clone()
+    };
+    let (m, k) = (da[da.len() - 2], da[da.len() - 1]);
+    let (k2, n) = (db[db.len() - 2], db[db.len() - 1]);
+    if k != k2 {
+        return Err(format!(
+            "MatMul of dims {:?} and {:?}: inner sizes differ",
+            a.dims, b.dims
+        ));
+    }
+    let lead_a = Const {
+        dims: da[..da.len() - 2].to_vec(),
+        data: Data::I64(vec![0; da[..da.len() - 2].iter().product()]),
+    };
+    let lead_b = Const {
+        dims: db[..db.len() - 2].to_vec(),
+        data: Data::I64(vec![0; db[..db.len() - 2].iter().product()]),
+    };
+    let (count, lead, ia, ib) = pairing("MatMul", &lead_a, &lead_b)?;
+    if count.saturating_mul(m).saturating_mul(n) > MAX_FOLDED_ELEMENTS {
+        return Err("MatMul result too large to fold".into());
+    }
+    let (x, y) = (a.floats(), b.floats());
+    let mut out = Vec::with_capacity(count * m * n);
+    for t in 0..count {
+        let (oa, ob) = (ia[t] * m * k, ib[t] * k * n);
+        for i in 0..m {
+            for j in 0..n {
+                let acc: f64 = (0..k)
+                    .map(|p| x[oa + i * k + p] as f64 * y[ob + p * n + j] as f64)
+                    .sum();
+                out.push(acc as f32);
+            }
+        }
+    }
+    let mut dims = lead;
+    if ra > 1 {
+        dims.push(m);
+    }
+    if rb > 1 {
+        dims.push(n);
+    }
+    Ok(Const {
+        dims,
+        data: Data::F32(out),
+    })
 }
 
 /// A folded shape value for messages: `N`, `N·12`, or the number.
@@ -997,6 +1198,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(range.ints(), [1, 4, 7]);
+    }
+
+    /// Constant sub-networks (Swin V2's position-bias MLP) fold: MatMul with
+    /// broadcast leading axes and 1-D operands, then Relu / Sigmoid.
+    #[test]
+    fn matmul_and_activations_of_constants_fold() {
+        let none = |_: &str| None;
+        let no_int = |_: &str| None;
+        let f = |dims: Vec<usize>, v: Vec<f32>| Const {
+            dims,
+            data: Data::F32(v),
+        };
+        let a = f(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
+        let b = f(vec![3, 2], vec![1., 0., 0., 1., 1., -1.]);
+        let c = fold("MatMul", &[a.clone(), b], &none, &no_int).unwrap();
+        assert_eq!(
+            (c.dims.clone(), c.floats()),
+            (vec![2, 2], vec![4., -1., 10., -1.])
+        );
+        let v = fold(
+            "MatMul",
+            &[a.clone(), f(vec![3], vec![1., 1., 1.])],
+            &none,
+            &no_int,
+        )
+        .unwrap();
+        assert_eq!((v.dims.clone(), v.floats()), (vec![2], vec![6., 15.]));
+        let rows = f(vec![2, 1, 3], a.floats());
+        let batched = fold(
+            "MatMul",
+            &[rows, f(vec![3, 1], vec![1., 0., 0.])],
+            &none,
+            &no_int,
+        );
+        assert_eq!(batched.unwrap().dims, vec![2, 1, 1]);
+        let r = fold("Relu", &[f(vec![2], vec![-1., 2.])], &none, &no_int).unwrap();
+        assert_eq!(r.floats(), [0., 2.]);
     }
 
     /// `Equal` / `Where` as torch writes `Expand(x, where(shape == -1, 1, shape))`:

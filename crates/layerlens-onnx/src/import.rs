@@ -64,6 +64,10 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Squeeze",
     "Unsqueeze",
     "ReduceMean",
+    "Expand",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceL2",
     "Identity",
     "Dropout",
     "Shape",
@@ -676,10 +680,13 @@ fn translator(op: &str) -> Option<Translator> {
         "Squeeze" | "Unsqueeze" => |im, n, name, x| im.squeeze(n, name, x),
         "Gemm" => |im, n, name, x| im.gemm(n, name, x),
         "MatMul" => |im, n, name, x| im.matmul(n, name, x),
-        "ReduceMean" => |im, n, name, x| im.reduce_mean(n, name, x),
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceL2" => {
+            |im, n, name, x| im.reduce(n, name, x)
+        }
         "ConvTranspose" => |im, n, name, x| im.conv_transpose(n, name, x),
         "Pad" => |im, n, name, x| im.pad(n, name, x),
         "Transpose" => |im, n, name, x| im.transpose(n, name, x),
+        "Expand" => |im, n, name, x| im.expand_activation(n, name, x),
         "Resize" | "Upsample" => |im, n, name, x| im.resize(n, name, &n.op_type, x),
         "Slice" => |im, n, name, x| im.slice(n, name, x),
         "Gather" => |im, n, name, x| im.gather(n, name, x),
@@ -1050,7 +1057,7 @@ impl Importer<'_> {
             let r = self.expand_to_batch(n, &name)?;
             return self.finish(n, r);
         }
-        if all_const && !matches!(op, "Conv" | "Gemm" | "MatMul" | "BatchNormalization") {
+        if all_const && !matches!(op, "Conv" | "Gemm" | "BatchNormalization") {
             let inputs: Vec<Const> = present
                 .iter()
                 .map(|s| match &self.values[*s] {
@@ -1058,6 +1065,37 @@ impl Importer<'_> {
                     Value::Node(_) => unreachable!(),
                 })
                 .collect();
+            // Folding takes the present inputs in order: an omitted optional
+            // input before a given one (Clip's min with a max, Slice's axes with
+            // steps) would shift the later ones.
+            let last = n.input.iter().rposition(|s| !s.is_empty()).unwrap_or(0);
+            if op == "Clip" && n.input.get(1).is_some_and(|s| s.is_empty()) && last == 2 {
+                // Clip(x, "", max): the missing min is -∞.
+                let lo = Const {
+                    dims: vec![],
+                    data: Data::F32(vec![f32::NEG_INFINITY]),
+                };
+                let mut with_min = inputs.clone();
+                with_min.insert(1, lo);
+                let c = fold(op, &with_min, &|k| Self::ints(n, k), &|k| Self::int(n, k))
+                    .map_err(|m| self.err(n, m))?;
+                self.values.insert(n.output[0].clone(), Value::Const(c));
+                return Ok(());
+            }
+            if n.input[..last].iter().any(|s| s.is_empty()) {
+                return Err(self.err(
+                    n,
+                    format!(
+                        "{op} of constants with an omitted input before a given one is not folded"
+                    ),
+                ));
+            }
+            if op == "Clip" && (attr(n, "min").is_some() || attr(n, "max").is_some()) {
+                return Err(self.err(
+                    n,
+                    "Clip of constants with min/max attributes (opset < 11) is not folded".into(),
+                ));
+            }
             if let Some(r) = attr(n, "reduction").filter(|a| a.s != b"none") {
                 return Err(self.err(
                     n,

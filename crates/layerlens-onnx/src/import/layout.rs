@@ -598,7 +598,7 @@ impl Importer<'_> {
         let op = n.op_type.as_str();
         if matches!(
             op,
-            "Transpose" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
+            "Transpose" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" | "Expand"
         ) {
             return translate(self, n, name, x);
         }
@@ -653,6 +653,11 @@ impl Importer<'_> {
                 // Along the last axis; the rows may hold the batch.
                 self.per_sample_axis(n, x, -1)?;
                 n.clone()
+            }
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceL2"
+                if Self::int(n, "keepdims").unwrap_or(1) == 1 =>
+            {
+                self.reduce_with_batch_first_axes(n, x)?
             }
             "Slice" if self.opset >= 10 => self.slice_with_batch_first_axes(n, x)?,
             "Slice" => self.with_batch_first_axes(n, x, &["axes"], false)?,
@@ -1037,5 +1042,98 @@ impl Importer<'_> {
                 _ => true,
             }
         })
+    }
+
+    /// A reduction keeping its axes, with its axes (attribute or input 1)
+    /// mapped to per-sample axes; no axes at all is left to the translator.
+    fn reduce_with_batch_first_axes(&mut self, n: &NodeProto, x: NodeRef) -> Result<NodeProto> {
+        if let Some(c) = self.opt_constant(n, 1)? {
+            let mapped: Vec<i64> = c
+                .ints()
+                .iter()
+                .map(|&a| Ok(self.per_sample_axis(n, x, a)? as i64 + 1))
+                .collect::<Result<_>>()?;
+            let key = format!("{}::batch_first_axes", n.output[0]);
+            self.values.insert(
+                key.clone(),
+                Value::Const(Const::i64s(vec![mapped.len()], mapped)),
+            );
+            let mut m = n.clone();
+            m.input[1] = key;
+            return Ok(m);
+        }
+        self.with_batch_first_axes(n, x, &["axes"], false)
+    }
+
+    /// `Expand` of an activation: `x · ones`, the ones shaped to reach the
+    /// target where `x` has size 1 (exact: `· 1` keeps every value, -0 and
+    /// NaN included). The target may not add axes before the batch, nor grow
+    /// the batch axis.
+    pub(super) fn expand_activation(
+        &mut self,
+        n: &NodeProto,
+        name: &str,
+        x: NodeRef,
+    ) -> Result<NodeRef> {
+        let target = self.constant(n, 1)?.ints();
+        let have = self.onnx_dims(x);
+        if target.len() > have.len() {
+            return Err(self.err(
+                n,
+                format!(
+                    "Expand of {} to {target:?} adds axes before the batch; not supported",
+                    self.show_dims(x)
+                ),
+            ));
+        }
+        let padded: Vec<i64> = std::iter::repeat_n(1, have.len() - target.len())
+            .chain(target.iter().copied())
+            .collect();
+        let mut ones = Vec::with_capacity(have.len());
+        for (i, (&h, &t)) in have.iter().zip(&padded).enumerate() {
+            let batch = batch_factor(h).is_some();
+            ones.push(match (batch, h, t) {
+                // A file with a static batch of 1 writes the batch axis's size itself.
+                (true, _, t)
+                    if t == 1
+                        || t == h
+                        || (self.static_batch == Some(1) && Some(t) == batch_factor(h)) =>
+                {
+                    1
+                }
+                (true, _, _) => {
+                    return Err(self.err(
+                        n,
+                        format!(
+                            "Expand of {} to {target:?} changes the batch axis {i}",
+                            self.show_dims(x)
+                        ),
+                    ))
+                }
+                (false, h, t) if t == 1 || t == h => 1,
+                (false, 1, t) if t > 1 => t as usize,
+                _ => {
+                    return Err(self.err(
+                        n,
+                        format!("cannot expand {} to {target:?}", self.show_dims(x)),
+                    ))
+                }
+            });
+        }
+        let total: usize = ones.iter().product();
+        if total > 1 << 26 {
+            return Err(self.err(n, format!("Expand to {target:?} is too large")));
+        }
+        let c = Const {
+            dims: ones,
+            data: crate::tensor::Data::F32(vec![1.0; total]),
+        };
+        self.binary_of(
+            n,
+            name,
+            layerlens_core::ops::BinaryKind::Mul,
+            &Value::Node(x),
+            &Value::Const(c),
+        )
     }
 }

@@ -1,11 +1,11 @@
 //! Pooling and reductions: `MaxPool`, `AveragePool`, the global poolings,
-//! `ReduceMean`.
+//! `ReduceMean`, `ReduceSum`, `ReduceMax`, `ReduceL2`.
 
 use super::Importer;
 use crate::proto::NodeProto;
 use layerlens_core::builder::NodeRef;
 use layerlens_core::lambda::Reduce;
-use layerlens_core::ops::{GlobalAvgPool, Padding, Pool2d, PoolKind};
+use layerlens_core::ops::{Activation, GlobalAvgPool, Padding, Pool2d, PoolKind};
 use layerlens_core::Result;
 
 impl Importer<'_> {
@@ -101,16 +101,70 @@ impl Importer<'_> {
         self.g.add_as(name, p, &[x])
     }
 
-    /// `ReduceMean`.
-    pub(super) fn reduce_mean(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
-        let axes = match self.opt_constant(n, 1)? {
-            Some(c) => c.ints(),
-            None => Self::ints(n, "axes")
-                .unwrap_or_else(|| (1..=self.g.shape(x).rank() as i64).collect()),
+    /// `ReduceMean`, `ReduceSum`, `ReduceMax`, and `ReduceL2` (the square root
+    /// of `ReduceSum` of squares), over axes from the attribute or, from
+    /// opset 18 (13 for ReduceSum), the second input. No axes means every
+    /// axis, the batch included, which would mix samples: refused, except in
+    /// a file that fixes the batch at 1 (then per sample is the same thing),
+    /// or with `noop_with_empty_axes=1` (the identity).
+    pub(super) fn reduce(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
+        let op = n.op_type.as_str();
+        let rank = self.g.shape(x).rank() as i64 + 1;
+        let given = match self.opt_constant(n, 1)? {
+            Some(c) => Some(c.ints()),
+            None => Self::ints(n, "axes"),
+        }
+        .filter(|a| !a.is_empty());
+        let axes: Vec<i64> = match given {
+            Some(a) => a,
+            None if Self::int(n, "noop_with_empty_axes") == Some(1) => {
+                let r = self.g.add_as(
+                    name,
+                    layerlens_core::ops::Reshape::new(
+                        self.g
+                            .shape(x)
+                            .dims()
+                            .iter()
+                            .map(|&d| d as isize)
+                            .collect::<Vec<_>>(),
+                    ),
+                    &[x],
+                )?;
+                return Ok(r);
+            }
+            None if self.static_batch == Some(1) => (1..rank).collect(),
+            None => return Err(self.err(
+                n,
+                format!(
+                    "{op} over every axis, the batch included, would mix samples; not supported"
+                ),
+            )),
         };
         let keep = Self::int(n, "keepdims").unwrap_or(1) == 1;
         let axes: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
-        self.g
-            .lambda_as(name, Reduce::mean(axes).keepdims(keep), &[x], &[])
+        match op {
+            "ReduceL2" => {
+                let sq = self.g.add_as(
+                    &self.fresh_name(&format!("{name}_square")),
+                    Activation::Pow { exponent: 2.0 },
+                    &[x],
+                )?;
+                let sum = self.g.lambda_as(
+                    &self.fresh_name(&format!("{name}_sum")),
+                    Reduce::sum(axes).keepdims(keep),
+                    &[sq],
+                    &[],
+                )?;
+                self.g.add_as(name, Activation::Sqrt, &[sum])
+            }
+            _ => {
+                let r = match op {
+                    "ReduceSum" => Reduce::sum(axes),
+                    "ReduceMax" => Reduce::max(axes),
+                    _ => Reduce::mean(axes),
+                };
+                self.g.lambda_as(name, r.keepdims(keep), &[x], &[])
+            }
+        }
     }
 }

@@ -5,11 +5,15 @@
 use super::{attr, sanitize, Importer, Value};
 use crate::proto::NodeProto;
 use layerlens_core::builder::NodeRef;
-use layerlens_core::ops::{Concat, Pad2d, PadMode, Reshape, Slice};
+use layerlens_core::ops::{Concat, Pad2d, PadMode, Permute, Reshape, Slice};
 use layerlens_core::Result;
 
 impl Importer<'_> {
-    /// `Pad`.
+    /// `Pad` (constant or edge) of up to two per-sample axes, on any axes
+    /// (NHWC's H and W as well as NCHW's; opset 18's `axes` input too): the
+    /// padded axes are moved last, merged with the rest into one leading
+    /// axis, padded as a 2-D map and moved back. Negative pads (cropping) and
+    /// padding the batch are refused.
     pub(super) fn pad(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
         let mode = attr(n, "mode")
             .map(|a| String::from_utf8_lossy(&a.s).to_string())
@@ -23,14 +27,36 @@ impl Importer<'_> {
                 Self::float(n, "value").unwrap_or(0.0),
             )
         };
-        if pads.len() != 8
-            || pads[0] != 0
-            || pads[1] != 0
-            || pads[4] != 0
-            || pads[5] != 0
-            || pads.iter().any(|&p| p < 0)
-        {
-            return Err(self.err(n, format!("pads {pads:?}: only non-negative padding of the two spatial axes of an NCHW tensor is supported")));
+        let dims = self.g.shape(x).dims().to_vec();
+        let rank = dims.len() + 1;
+        let axes: Vec<usize> = match self.opt_constant(n, 3)? {
+            Some(c) => c
+                .ints()
+                .iter()
+                .map(|&a| {
+                    let r = rank as i64;
+                    let v = if a < 0 { a + r } else { a };
+                    (0..r).contains(&v).then_some(v as usize).ok_or_else(|| {
+                        self.err(n, format!("axis {a} is out of range for rank {rank}"))
+                    })
+                })
+                .collect::<Result<_>>()?,
+            None => (0..rank).collect(),
+        };
+        if pads.len() != 2 * axes.len() {
+            return Err(self.err(
+                n,
+                format!(
+                    "pads {pads:?} do not give a begin and an end for each of {} axes",
+                    axes.len()
+                ),
+            ));
+        }
+        if pads.iter().any(|&p| p < 0) {
+            return Err(self.err(
+                n,
+                format!("pads {pads:?}: negative pads (cropping) are not supported"),
+            ));
         }
         let mode = match mode.as_str() {
             "constant" => PadMode::Constant(value),
@@ -42,15 +68,89 @@ impl Importer<'_> {
                 ))
             }
         };
-        let p = |i: usize| pads[i] as usize;
-        self.g.add_as(
-            name,
-            Pad2d {
-                pads: [p(2), p(6), p(3), p(7)],
-                mode,
-            },
-            &[x],
-        )
+        // (per-sample axis, begin, end) of each padded axis, in axis order.
+        let mut padded: Vec<(usize, usize, usize)> = Vec::new();
+        for (k, &a) in axes.iter().enumerate() {
+            let (b, e) = (pads[k] as usize, pads[k + axes.len()] as usize);
+            if b + e == 0 {
+                continue;
+            }
+            if a == 0 {
+                return Err(self.err(
+                    n,
+                    format!("pads {pads:?} pad the batch axis; not supported"),
+                ));
+            }
+            padded.push((a - 1, b, e));
+        }
+        padded.sort_unstable();
+        if padded.len() > 2 {
+            return Err(self.err(
+                n,
+                format!("pads {pads:?}: padding more than two axes is not supported"),
+            ));
+        }
+        if padded.is_empty() {
+            let same: Vec<isize> = dims.iter().map(|&d| d as isize).collect();
+            return self.g.add_as(name, Reshape::new(same), &[x]);
+        }
+        let [(ha, t, b), (wa, l, r)] = match padded.as_slice() {
+            [one] => [(usize::MAX, 0, 0), *one],
+            [a, b] => [*a, *b],
+            _ => unreachable!("one or two padded axes"),
+        };
+        let pad = Pad2d {
+            pads: [t, b, l, r],
+            mode,
+        };
+        let is_nchw = dims.len() == 3 && (ha == 1 || ha == usize::MAX) && wa == 2;
+        if is_nchw && ha == 1 {
+            return self.g.add_as(name, pad, &[x]);
+        }
+        // Move the padded axes last, merge the others, pad, and undo it.
+        let moved: Vec<usize> = [ha, wa].into_iter().filter(|&a| a != usize::MAX).collect();
+        let others: Vec<usize> = (0..dims.len()).filter(|a| !moved.contains(a)).collect();
+        let perm: Vec<usize> = others.iter().chain(&moved).copied().collect();
+        let identity = perm.iter().enumerate().all(|(i, &p)| i == p);
+        let mut cur = x;
+        if !identity {
+            cur = self.g.add_as(
+                &self.fresh_name(&format!("{name}_moved")),
+                Permute { perm: perm.clone() },
+                &[cur],
+            )?;
+        }
+        let lead: usize = others.iter().map(|&a| dims[a]).product();
+        let h = if ha == usize::MAX { 1 } else { dims[ha] };
+        let w = dims[wa];
+        cur = self.g.add_as(
+            &self.fresh_name(&format!("{name}_as_map")),
+            Reshape::new(vec![lead as isize, h as isize, w as isize]),
+            &[cur],
+        )?;
+        let out_h = h + t + b;
+        let out_w = w + l + r;
+        cur = self
+            .g
+            .add_as(&self.fresh_name(&format!("{name}_map")), pad, &[cur])?;
+        let mut back: Vec<isize> = others.iter().map(|&a| dims[a] as isize).collect();
+        if ha != usize::MAX {
+            back.push(out_h as isize);
+        }
+        back.push(out_w as isize);
+        if identity {
+            return self.g.add_as(name, Reshape::new(back), &[cur]);
+        }
+        cur = self.g.add_as(
+            &self.fresh_name(&format!("{name}_unmerged")),
+            Reshape::new(back),
+            &[cur],
+        )?;
+        let mut inverse = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inverse[p] = i;
+        }
+        self.g.add_as(name, Permute { perm: inverse }, &[cur])
     }
 
     /// `Slice`.

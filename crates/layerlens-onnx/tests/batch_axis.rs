@@ -5,26 +5,12 @@
 //! sizes, and after a save and load; the fixtures and references come from
 //! `fixtures/gen_batch_axis_models.py`. Tolerance `1e-5 + 1e-4·|ref|`.
 
+mod common;
+use common::assert_close;
+use common::fixture;
+
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-    let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
-            "{what}[{i}]: {a} vs ONNX Runtime {b}"
-        );
-    }
-}
 
 fn refs() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("batch_axis_refs.safetensors"), &Device::Cpu).unwrap()

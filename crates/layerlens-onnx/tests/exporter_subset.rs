@@ -7,13 +7,10 @@
 //! one-sample runs. These graphs move the batch axis (attention's transposes,
 //! heads and windows merged into the batch, class tokens expanded to it).
 
-use candle_core::{Device, Tensor};
+mod common;
+use common::fixture;
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use candle_core::{Device, Tensor};
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
     let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();

@@ -5,11 +5,11 @@
 //! (tests/fixtures/gen_semantics_models.py, within 1e-5 + 1e-4 relative);
 //! training-mode BatchNorm and Dropout must be refused naming the node.
 
-use candle_core::Device;
+mod common;
+use common::assert_close;
+use common::fixture;
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
-}
+use candle_core::Device;
 
 #[test]
 fn constant_first_operands_and_nearest_rounding_match_onnx_runtime() {
@@ -30,18 +30,6 @@ fn constant_first_operands_and_nearest_rounding_match_onnx_runtime() {
                 "{name}[{i}]: {a} vs ONNX Runtime {b}"
             );
         }
-    }
-}
-
-fn assert_close(what: &str, got: &candle_core::Tensor, want: &candle_core::Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}");
-    let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-    let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
-            "{what}[{i}]: {a} vs ONNX Runtime {b}"
-        );
     }
 }
 

@@ -3,26 +3,14 @@
 //! outputs at 16×20 and 24×12 from tests/fixtures/gen_semantics_models.py,
 //! within 1e-5 + 1e-4 relative), with shared weights and hooks and LRU eviction.
 
-use candle_core::{Device, Tensor};
+mod common;
+use common::assert_close;
+use common::fixture;
+
+use candle_core::Device;
 use layerlens_onnx::{InputDim, OnnxModel, ShapeCache};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}");
-    let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-    let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
-            "{what}[{i}]: {a} vs ONNX Runtime {b}"
-        );
-    }
-}
 
 fn conv1_weight(m: &layerlens_core::Model) -> Vec<f32> {
     m.params()

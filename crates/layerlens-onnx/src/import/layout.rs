@@ -721,6 +721,18 @@ impl Importer<'_> {
             Some(c) => c.ints(),
             None => (0..starts.len() as i64).collect(),
         };
+        self.with_batch_first_axes_input(n, x, 3, &axes)
+    }
+
+    /// A copy of `n` whose input `slot` is a new constant: the ONNX `axes`
+    /// of `x` mapped to batch-first axes (per-sample axis + 1).
+    fn with_batch_first_axes_input(
+        &mut self,
+        n: &NodeProto,
+        x: NodeRef,
+        slot: usize,
+        axes: &[i64],
+    ) -> Result<NodeProto> {
         let mapped: Vec<i64> = axes
             .iter()
             .map(|&a| Ok(self.per_sample_axis(n, x, a)? as i64 + 1))
@@ -731,10 +743,10 @@ impl Importer<'_> {
             Value::Const(Const::i64s(vec![mapped.len()], mapped)),
         );
         let mut m = n.clone();
-        while m.input.len() < 4 {
+        while m.input.len() <= slot {
             m.input.push(String::new());
         }
-        m.input[3] = key;
+        m.input[slot] = key;
         Ok(m)
     }
 
@@ -1048,19 +1060,7 @@ impl Importer<'_> {
     /// mapped to per-sample axes; no axes at all is left to the translator.
     fn reduce_with_batch_first_axes(&mut self, n: &NodeProto, x: NodeRef) -> Result<NodeProto> {
         if let Some(c) = self.opt_constant(n, 1)? {
-            let mapped: Vec<i64> = c
-                .ints()
-                .iter()
-                .map(|&a| Ok(self.per_sample_axis(n, x, a)? as i64 + 1))
-                .collect::<Result<_>>()?;
-            let key = format!("{}::batch_first_axes", n.output[0]);
-            self.values.insert(
-                key.clone(),
-                Value::Const(Const::i64s(vec![mapped.len()], mapped)),
-            );
-            let mut m = n.clone();
-            m.input[1] = key;
-            return Ok(m);
+            return self.with_batch_first_axes_input(n, x, 1, &c.ints());
         }
         self.with_batch_first_axes(n, x, &["axes"], false)
     }

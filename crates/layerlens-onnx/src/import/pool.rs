@@ -133,12 +133,14 @@ impl Importer<'_> {
                 return Ok(r);
             }
             None if self.static_batch == Some(1) => (1..rank).collect(),
-            None => return Err(self.err(
-                n,
-                format!(
+            None => {
+                return Err(self.err(
+                    n,
+                    format!(
                     "{op} over every axis, the batch included, would mix samples; not supported"
                 ),
-            )),
+                ))
+            }
         };
         let keep = Self::int(n, "keepdims").unwrap_or(1) == 1;
         let axes: Vec<isize> = axes.iter().map(|&a| a as isize).collect();

@@ -1,4 +1,4 @@
-"""The ONNX exporter matrix of issue 13 item 5: torchvision architectures
+"""The ONNX exporter matrix of issue 13 item 5: 27 torchvision architectures
 (seeded random weights, non-trivial batch-norm statistics, eval mode) exported
 with both PyTorch exporters, imported by layerlens and compared with ONNX
 Runtime at every node output.
@@ -43,7 +43,7 @@ ARCHS = [
     "densenet121", "googlenet", "inception_v3", "mobilenet_v2", "mobilenet_v3_small",
     "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf",
     "mnasnet0_5", "shufflenet_v2_x0_5", "squeezenet1_0", "squeezenet1_1", "convnext_tiny",
-    "vit_b_16", "swin_t",
+    "vit_b_16", "swin_t", "swin_v2_t", "maxvit_t",
     "segmentation.fcn_resnet50", "segmentation.deeplabv3_mobilenet_v3_large",
     "segmentation.lraspp_mobilenet_v3_large",
 ]

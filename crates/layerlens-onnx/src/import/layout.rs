@@ -13,7 +13,7 @@
 //! before it, inner ones after). Ops that keep samples apart move those lists
 //! around; an op that would need samples mixed is refused by name.
 
-use super::{Importer, Value};
+use super::{attr, Importer, Value};
 use crate::proto::NodeProto;
 use crate::tensor::{batch_factor, batch_times, Const};
 use layerlens_core::builder::NodeRef;
@@ -598,7 +598,7 @@ impl Importer<'_> {
         let op = n.op_type.as_str();
         if matches!(
             op,
-            "Transpose" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" | "Expand"
+            "Transpose" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" | "Expand" | "Einsum"
         ) {
             return translate(self, n, name, x);
         }
@@ -1135,5 +1135,104 @@ impl Importer<'_> {
             &Value::Node(x),
             &Value::Const(c),
         )
+    }
+
+    /// `Einsum` of two activations that is a batched matrix product
+    /// (MaxViT's attention: `BGHID,BGHJD->BGHIJ` and `BGHIJ,BGHJD->BGHID`):
+    /// the same leading letters on both operands and the result, one letter
+    /// contracted among the last two of each; the operands' last two axes
+    /// are swapped where needed and the product is a [`MatMul`]. Anything
+    /// else is refused with the equation.
+    pub(super) fn einsum(&mut self, n: &NodeProto, name: &str, a: NodeRef) -> Result<NodeRef> {
+        let eq = attr(n, "equation")
+            .map(|e| String::from_utf8_lossy(&e.s).replace(' ', ""))
+            .unwrap_or_default();
+        let refuse = || {
+            self.err(
+                n,
+                format!("Einsum '{eq}' is not supported (only a batched product of two activations, e.g. '...ij,...jk->...ik')"),
+            )
+        };
+        let (lhs, out) = eq.split_once("->").ok_or_else(refuse)?;
+        let ops: Vec<Vec<char>> = lhs.split(',').map(|t| t.chars().collect()).collect();
+        let out: Vec<char> = out.chars().collect();
+        if ops.len() != 2 || n.input.len() != 2 || eq.contains('.') {
+            return Err(refuse());
+        }
+        let (ea, eb) = (&ops[0], &ops[1]);
+        let r = ea.len();
+        if r < 2
+            || eb.len() != r
+            || out.len() != r
+            || ea[..r - 2] != eb[..r - 2]
+            || out[..r - 2] != ea[..r - 2]
+        {
+            return Err(refuse());
+        }
+        let (a2, b2, o2) = (&ea[r - 2..], &eb[r - 2..], &out[r - 2..]);
+        let Some(&c) = a2.iter().find(|ch| b2.contains(ch) && !o2.contains(ch)) else {
+            return Err(refuse());
+        };
+        let free_a = *a2.iter().find(|&&ch| ch != c).ok_or_else(refuse)?;
+        let free_b = *b2.iter().find(|&&ch| ch != c).ok_or_else(refuse)?;
+        if o2 != [free_a, free_b] && o2 != [free_b, free_a] {
+            return Err(refuse());
+        }
+        let b = self.node_input(n, 1)?;
+        for x in [a, b] {
+            for axis in [-2, -1] {
+                self.per_sample_axis(n, x, axis)?;
+            }
+        }
+        let view = self.view_of(a);
+        if self.view_of(b) != view {
+            return Err(self.err(
+                n,
+                format!(
+                    "Einsum of {} and {}, laid out differently, is not supported",
+                    self.show_dims(a),
+                    self.show_dims(b)
+                ),
+            ));
+        }
+        let swap_last = |im: &mut Self, x: NodeRef, what: &str| -> Result<NodeRef> {
+            let k = im.g.shape(x).rank();
+            let mut perm: Vec<usize> = (0..k).collect();
+            perm.swap(k - 2, k - 1);
+            let r = im.g.add_as(
+                &im.fresh_name(&format!("{name}_{what}")),
+                Permute { perm },
+                &[x],
+            )?;
+            im.g.set_view(r, Some(view.clone()))?;
+            Ok(r)
+        };
+        // A as (.., free_a, c), B as (.., c, free_b).
+        let a = if a2[1] == c {
+            a
+        } else {
+            swap_last(self, a, "lhs_t")?
+        };
+        let b = if b2[0] == c {
+            b
+        } else {
+            swap_last(self, b, "rhs_t")?
+        };
+        let product = |im: &mut Self, nm: &str| -> Result<NodeRef> {
+            let r = im.g.add_as(nm, layerlens_core::ops::MatMul, &[a, b])?;
+            im.g.set_view(r, Some(view.clone()))?;
+            Ok(r)
+        };
+        if o2 == [free_a, free_b] {
+            product(self, name)
+        } else {
+            let p = product(self, &self.fresh_name(&format!("{name}_product")))?;
+            let k = self.g.shape(p).rank();
+            let mut perm: Vec<usize> = (0..k).collect();
+            perm.swap(k - 2, k - 1);
+            let r = self.g.add_as(name, Permute { perm }, &[p])?;
+            self.g.set_view(r, Some(view))?;
+            Ok(r)
+        }
     }
 }

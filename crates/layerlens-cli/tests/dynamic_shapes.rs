@@ -312,3 +312,66 @@ fn keep_size_groups_images_by_size_into_one_directory_each() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A directory of images through a model whose tensor puts the batch second
+/// (the toy ViT's attention input, ONNX `(17, N, 16)`): each shard row is that
+/// image's own tensor — the tensor of the image alone without its batch axis —
+/// never a slice across the images of a batch.
+#[test]
+fn dataset_rows_of_a_tensor_whose_batch_is_not_first_are_per_image() {
+    let model = fixture("subset_vit_torchscript.onnx");
+    let dir = scratch("vit-rows");
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..3u32 {
+        image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([
+                (x * 7 + i * 50) as u8,
+                (y * 5 + x) as u8,
+                (i * 80 + y) as u8,
+            ])
+        })
+        .save(imgs.join(format!("{i}.png")))
+        .unwrap();
+    }
+    let layer = "/encoder/layers/encoder_layer_0/self_attention/Transpose_output_0";
+    let shards = dir.join("shards");
+    ok(&layerlens(&[
+        "extract",
+        &model,
+        "--input",
+        imgs.to_str().unwrap(),
+        "--input-shape",
+        "3,32,32",
+        "--layers",
+        layer,
+        "--batch",
+        "3",
+        "--out",
+        shards.to_str().unwrap(),
+    ]));
+    let rows = candle_core::safetensors::load(shards.join("shard-00000.safetensors"), &Device::Cpu)
+        .unwrap();
+    let rows = &rows[layer];
+    assert_eq!(rows.dims(), &[3, 17, 16]);
+    for i in 0..3usize {
+        let one = dir.join(format!("{i}.safetensors"));
+        ok(&layerlens(&[
+            "extract",
+            &model,
+            "--input",
+            imgs.join(format!("{i}.png")).to_str().unwrap(),
+            "--input-shape",
+            "3,32,32",
+            "--layers",
+            layer,
+            "--out",
+            one.to_str().unwrap(),
+        ]));
+        let alone = candle_core::safetensors::load(&one, &Device::Cpu).unwrap();
+        let alone = &alone[layer];
+        assert_eq!(alone.dims(), &[17, 1, 16], "the ONNX layout, batch second");
+        assert_close(&rows.get(i).unwrap(), &alone.squeeze(1).unwrap());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -248,9 +248,39 @@ impl Model {
     /// Runs the whole model in evaluation mode and returns its outputs.
     pub fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         let plan = self.plans.get(&self.graph, &self.graph.outputs).0;
+        let values = self
+            .execute(&plan, inputs, RunOptions::default(), &[])?
+            .values;
+        self.present(&plan.outputs, values)
+    }
+
+    /// Like [`forward`](Self::forward), but every output batch-first,
+    /// `(N, per-sample...)`, whatever its outside view ([`Node::view`](crate::ir::Node::view)):
+    /// what per-sample rows (dataset shards) and joining batches need. The
+    /// per-sample value is the outside tensor without its batch (a merged batch
+    /// axis `N·12` leaves its own axis of 12).
+    pub fn forward_batch_first(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let plan = self.plans.get(&self.graph, &self.graph.outputs).0;
         Ok(self
             .execute(&plan, inputs, RunOptions::default(), &[])?
             .values)
+    }
+
+    /// The outside view of each graph output (`None`: batch-first).
+    pub fn output_views(&self) -> Vec<Option<crate::ir::BatchView>> {
+        self.graph
+            .outputs
+            .iter()
+            .map(|&o| self.graph.node(o).view.clone())
+            .collect()
+    }
+
+    /// Batch-first values of nodes `ids` as they are known outside.
+    fn present(&self, ids: &[NodeId], values: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        ids.iter()
+            .zip(values)
+            .map(|(&id, t)| crate::exec::present(self.graph.node(id), t))
+            .collect()
     }
 
     /// One input, one output: the model's prediction for `x`.
@@ -292,8 +322,9 @@ impl Model {
         let ids: Vec<NodeId> = named.iter().map(|(id, _)| *id).collect();
         let plan = self.plans.get(&self.graph, &ids).0;
         let out = self.execute(&plan, inputs, opts, &[])?;
+        let values = self.present(&plan.outputs, out.values)?;
         Ok(Activations::new(
-            named.into_iter().map(|(_, n)| n).zip(out.values).collect(),
+            named.into_iter().map(|(_, n)| n).zip(values).collect(),
         ))
     }
 
@@ -379,7 +410,8 @@ impl Model {
             mode,
             track_params: false,
         };
-        let out = self.execute(&plan, inputs, opts, &wrt_ids)?;
+        let mut out = self.execute(&plan, inputs, opts, &wrt_ids)?;
+        out.values = self.present(&plan.outputs, out.values)?;
         // Results carry the names they were asked by (an alias stays an alias).
         let targets_acts = Activations::new(
             target_named

@@ -31,7 +31,11 @@ const CASES: &[(&str, &[&str], &[usize])] = &[
         &["split_t", "win", "win_ln", "win_sm", "merged", "y"],
         &[2, 3],
     ),
-    ("batch_einsum", &["scores", "attn", "ctx", "scores_t"], &[2, 3]),
+    (
+        "batch_einsum",
+        &["scores", "attn", "ctx", "scores_t"],
+        &[2, 3],
+    ),
     // Static batch 1 in the file, run at batch 3: each sample as ONNX Runtime
     // computes it alone.
     (

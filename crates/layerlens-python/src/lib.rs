@@ -329,19 +329,27 @@ impl Model {
         let mut start = 0;
         while start < n {
             let len = step.min(n - start);
-            let outs = xmodel.forward(&[x.narrow(0, start, len)?])?;
+            // Batch-first, so that batches join along axis 0; each is then
+            // laid out as the model's tensor is (its ONNX view).
+            let outs = xmodel.forward_batch_first(&[x.narrow(0, start, len)?])?;
             for (p, o) in parts.iter_mut().zip(outs) {
                 p.push(o);
             }
             start += len;
         }
+        let views = xmodel.output_views();
         names
             .iter()
             .zip(parts)
-            .map(|(name, p)| {
+            .zip(views)
+            .map(|((name, p), view)| {
                 let t = match <[Tensor; 1]>::try_from(p) {
                     Ok([t]) => t,
                     Err(p) => Tensor::cat(&p, 0)?,
+                };
+                let t = match view {
+                    Some(v) => v.present(&t, name)?,
+                    None => t,
                 };
                 Ok((name.clone(), array_from(&t)?))
             })

@@ -344,6 +344,23 @@ def test_symbolic_onnx_model_runs_arrays_of_any_size_sharing_hooks():
         m.extract(np.zeros((1, 4, 8, 8), np.float32), "up")
 
 
+def test_tensors_whose_batch_is_not_first_join_batches_along_their_batch_axis():
+    """ViT attention's (17, N, 16): extracting in batches gives the same array
+    as one pass, with the batch on axis 1 as in the ONNX file."""
+    from conftest import ROOT
+
+    path = str(ROOT / "crates/layerlens-onnx/tests/fixtures/subset_vit_torchscript.onnx")
+    m = layerlens.Model.load(path, input_shape=(3, 32, 32))
+    x = np.random.default_rng(5).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    name = "/encoder/layers/encoder_layer_0/self_attention/Transpose_output_0"
+    whole = m.extract(x, [name])[name]
+    assert whole.shape == (17, 5, 16)
+    parts = m.extract(x, [name], batch_size=2)[name]
+    np.testing.assert_allclose(parts, whole, rtol=1e-6, atol=1e-6)
+    alone = m.extract(x[3:4], [name])[name]
+    np.testing.assert_allclose(whole[:, 3:4], alone, rtol=1e-5, atol=1e-6)
+
+
 def test_keras_lambdas_are_bound_like_the_cli():
     from conftest import ROOT
 

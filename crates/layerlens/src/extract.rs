@@ -649,7 +649,9 @@ pub fn extract_dataset(
             if !ok.is_empty() {
                 let x = Tensor::cat(&ok, 0)?;
                 drop(ok);
-                buf.push_outputs(model.forward(&[x])?, &layers)?;
+                // One row per sample: batch-first values (a tensor whose ONNX
+                // layout puts the batch elsewhere is stored per sample).
+                buf.push_outputs(model.forward_batch_first(&[x])?, &layers)?;
             }
             // Before the shard is written: with --strict a shard holding a
             // NaN or an infinity never appears.

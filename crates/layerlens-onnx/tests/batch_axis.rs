@@ -1,9 +1,10 @@
 //! ONNX tensors whose batch axis moves or merges with other axes (attention's
 //! `(5, N, 8)`, `(N·2, 5, 12)` and `(5·N, 8)`, Swin's `(N·4, 4, 3)` windows, a
 //! class token expanded to the batch, a static batch-1 export flattening the
-//! batch into the features, MaxViT's Einsum products) match ONNX Runtime at every tensor, at two batch
-//! sizes, and after a save and load; the fixtures and references come from
-//! `fixtures/gen_batch_axis_models.py`. Tolerance `1e-5 + 1e-4·|ref|`.
+//! batch into the features, MaxViT's Einsum products) match ONNX Runtime at
+//! every tensor, at two batch sizes, and after a save and load; the fixtures
+//! and references come from `fixtures/gen_batch_axis_models.py`. Tolerance
+//! `1e-5 + 1e-4·|ref|`.
 
 mod common;
 use common::assert_close;

@@ -167,16 +167,42 @@ impl Importer<'_> {
         let default = if self.opset >= 13 { -1 } else { 1 };
         let axis = Self::int(n, "axis").unwrap_or(default);
         let last = axis == -1 || axis == rank - 1;
-        if self.opset < 13 && !last {
-            return Err(self.err(n, format!("{op} before opset 13 over axis {axis} of a rank-{rank} tensor flattens trailing axes; not supported")));
-        }
-        let axis = axis as isize;
-        let act = if op == "Softmax" {
-            Activation::Softmax { axis }
-        } else {
-            Activation::LogSoftmax { axis }
+        let act = |axis: isize| {
+            if op == "Softmax" {
+                Activation::Softmax { axis }
+            } else {
+                Activation::LogSoftmax { axis }
+            }
         };
-        self.g.add_as(name, act, &[x])
+        if self.opset < 13 && !last {
+            // Before opset 13 the input is seen as 2-D, (dims[..axis],
+            // dims[axis..]), normalised over its second axis: per sample, the
+            // trailing axes flattened, normalised together, and put back.
+            let a = if axis < 0 { axis + rank } else { axis };
+            if !(1..rank).contains(&a) {
+                return Err(self.err(
+                    n,
+                    format!("{op} before opset 13 over axis {axis} of a rank-{rank} tensor includes the batch; not supported"),
+                ));
+            }
+            let dims = self.g.shape(x).dims().to_vec();
+            let split = a as usize - 1;
+            let lead: usize = dims[..split].iter().product();
+            let cols: usize = dims[split..].iter().product();
+            let flat = self.g.add_as(
+                &self.fresh_name(&format!("{name}_rows")),
+                layerlens_core::ops::Reshape::new(vec![lead as isize, cols as isize]),
+                &[x],
+            )?;
+            let norm =
+                self.g
+                    .add_as(&self.fresh_name(&format!("{name}_flat")), act(-1), &[flat])?;
+            let back: Vec<isize> = dims.iter().map(|&d| d as isize).collect();
+            return self
+                .g
+                .add_as(name, layerlens_core::ops::Reshape::new(back), &[norm]);
+        }
+        self.g.add_as(name, act(axis as isize), &[x])
     }
 
     /// `PRelu(x, slope)` with a constant slope that broadcasts against `x`

@@ -25,6 +25,11 @@ pub enum BinaryKind {
     Max,
     /// `min(a, b)` (Keras `Minimum`, ONNX `Min`).
     Min,
+    /// `a ^ b` element by element (ONNX `Pow` with a tensor exponent), as C's
+    /// `powf` computes it: negative bases with integral exponents included.
+    /// Not differentiable here: a pass that tracks gradients through it is
+    /// refused.
+    Pow,
 }
 
 /// Where a constant operand sits.
@@ -103,6 +108,7 @@ impl LayerOp for Elementwise {
             BinaryKind::Div => "divide",
             BinaryKind::Max => "maximum",
             BinaryKind::Min => "minimum",
+            BinaryKind::Pow => "power",
         }
     }
 
@@ -174,7 +180,55 @@ impl LayerOp for Elementwise {
             BinaryKind::Div => a.broadcast_div(&b),
             BinaryKind::Max => a.broadcast_maximum(&b),
             BinaryKind::Min => a.broadcast_minimum(&b),
+            BinaryKind::Pow => return elementwise_pow(&a, &b, ctx.node),
         }
         .at_node(ctx.node)
+    }
+}
+
+/// `a ^ b` with broadcasting, each value by `f32::powf` (candle's `pow` is
+/// `exp(b · ln a)`, which is NaN for a negative base and rounds differently).
+fn elementwise_pow(a: &Tensor, b: &Tensor, node: &str) -> Result<Tensor> {
+    if a.track_op() || b.track_op() {
+        return Err(Error::invalid(
+            node,
+            "gradients through Pow with a tensor exponent are not supported",
+        ));
+    }
+    let shape = a
+        .shape()
+        .broadcast_shape_binary_op(b.shape(), "pow")
+        .at_node(node)?;
+    let flat = |t: &Tensor| -> Result<Vec<f32>> {
+        t.broadcast_as(shape.clone())
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .at_node(node)
+    };
+    let (x, y) = (flat(a)?, flat(b)?);
+    let v: Vec<f32> = x.iter().zip(&y).map(|(&p, &q)| p.powf(q)).collect();
+    Tensor::from_vec(v, shape, a.device())
+        .and_then(|t| t.to_dtype(a.dtype()))
+        .at_node(node)
+}
+
+#[cfg(test)]
+mod pow_tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Negative bases with integral exponents are real numbers (candle's
+    /// `exp(b · ln a)` would give NaN), and a tracked pass is refused rather
+    /// than giving a gradient that silently stops here.
+    #[test]
+    fn pow_by_a_tensor_is_exact_and_refuses_gradients() {
+        let a = Tensor::new(&[[-2f32, 3.0], [0.5, -1.0]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[3f32, 2.0], &Device::Cpu).unwrap();
+        let y: Vec<Vec<f32>> = elementwise_pow(&a, &b, "pow").unwrap().to_vec2().unwrap();
+        assert_eq!(y, [[-8.0, 9.0], [0.125, 1.0]]);
+        let tracked = Var::from_tensor(&a).unwrap();
+        let e = elementwise_pow(tracked.as_tensor(), &b, "pow").unwrap_err();
+        assert!(e.to_string().contains("gradients through Pow"), "{e}");
     }
 }

@@ -135,12 +135,19 @@ impl Importer<'_> {
 
     /// `Pow`.
     pub(super) fn pow(&mut self, n: &NodeProto, name: &str, x: NodeRef) -> Result<NodeRef> {
-        let exponent = match self.values.get(n.input.get(1).map_or("", |s| s)) {
-            Some(Value::Const(_)) => self.opt_scalar(n, 1, "the exponent")?,
-            _ => None,
+        let exponent = self
+            .values
+            .get(n.input.get(1).map_or("", |s| s))
+            .cloned()
+            .ok_or_else(|| self.err(n, "Pow without an exponent (input 1)".into()))?;
+        match &exponent {
+            Value::Const(c) if c.len() == 1 => {
+                let exponent = c.floats()[0];
+                self.g.add_as(name, Activation::Pow { exponent }, &[x])
+            }
+            // A tensor exponent, constant or computed: element by element.
+            _ => self.binary_of(n, name, BinaryKind::Pow, &Value::Node(x), &exponent),
         }
-        .ok_or_else(|| self.err(n, "Pow needs a constant scalar exponent".into()))?;
-        self.g.add_as(name, Activation::Pow { exponent }, &[x])
     }
 
     /// `Shrink`.

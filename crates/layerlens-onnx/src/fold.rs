@@ -142,21 +142,8 @@ pub(crate) fn fold(
                     idx.dims, data.dims
                 ));
             }
-            let st = strides(&data.dims);
             let slice: usize = data.dims[k..].iter().product();
-            let mut offsets = Vec::new();
-            for tuple in idx.ints().chunks(k) {
-                let mut off = 0;
-                for (a, &i) in tuple.iter().enumerate() {
-                    let d = data.dims[a] as i64;
-                    let j = if i < 0 { i + d } else { i };
-                    if !(0..d).contains(&j) {
-                        return Err(format!("GatherND index {i} out of range {d}"));
-                    }
-                    off += j as usize * st[a];
-                }
-                offsets.push(off);
-            }
+            let offsets = nd_offsets("GatherND", &data.dims, &idx.ints(), k)?;
             let mut dims = idx.dims[..idx.dims.len() - 1].to_vec();
             dims.extend(&data.dims[k..]);
             let total = offsets.len() * slice;
@@ -821,22 +808,8 @@ pub(crate) fn fold(
             if holds_batch(data) || holds_batch(idx) || holds_batch(upd) {
                 return Err("ScatterND of the batch size is not folded".into());
             }
-            let st = strides(&data.dims);
             let slice: usize = data.dims[k..].iter().product();
-            let ids = idx.ints();
-            let mut targets = Vec::with_capacity(ids.len() / k.max(1));
-            for tuple in ids.chunks(k.max(1)) {
-                let mut off = 0usize;
-                for (a, &i) in tuple.iter().enumerate() {
-                    let d = data.dims[a] as i64;
-                    let j = if i < 0 { i + d } else { i };
-                    if !(0..d).contains(&j) {
-                        return Err(format!("ScatterND index {i} out of range {d}"));
-                    }
-                    off += j as usize * st[a];
-                }
-                targets.push(off);
-            }
+            let targets = nd_offsets("ScatterND", &data.dims, &idx.ints(), k)?;
             let mut out = data.clone();
             let put = |out: &mut Data| match (out, &upd.data) {
                 (Data::F32(o), _) => {
@@ -934,6 +907,26 @@ fn fold_matmul(a: &Const, b: &Const) -> Result<Const, String> {
         dims,
         data: Data::F32(out),
     })
+}
+
+/// The flat offset in data of `dims` of each `k`-tuple of `indices`
+/// (GatherND / ScatterND; negative indices count from the end).
+fn nd_offsets(op: &str, dims: &[usize], indices: &[i64], k: usize) -> Result<Vec<usize>, String> {
+    let st = strides(dims);
+    indices
+        .chunks(k.max(1))
+        .map(|tuple| {
+            tuple.iter().enumerate().try_fold(0usize, |off, (a, &i)| {
+                let d = dims[a] as i64;
+                let j = if i < 0 { i + d } else { i };
+                if (0..d).contains(&j) {
+                    Ok(off + j as usize * st[a])
+                } else {
+                    Err(format!("{op} index {i} out of range {d}"))
+                }
+            })
+        })
+        .collect()
 }
 
 /// A folded shape value for messages: `N`, `N·12`, or the number.

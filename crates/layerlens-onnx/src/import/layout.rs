@@ -78,6 +78,30 @@ impl Importer<'_> {
             .unwrap_or_else(|| BatchView::batch_first(self.g.shape(r).rank()))
     }
 
+    /// The view of `x`, which every node of `others` must share: an op on
+    /// tensors laid out differently (one with the batch first, one without)
+    /// is refused, naming both.
+    pub(super) fn same_layout(
+        &self,
+        n: &NodeProto,
+        x: NodeRef,
+        others: &[NodeRef],
+    ) -> Result<BatchView> {
+        let view = self.view_of(x);
+        match others.iter().find(|&&r| self.view_of(r) != view) {
+            None => Ok(view),
+            Some(&other) => Err(self.err(
+                n,
+                format!(
+                    "{} of {} and {}, laid out differently (the batch not first in one of them), is not supported",
+                    n.op_type,
+                    self.show_dims(x),
+                    self.show_dims(other)
+                ),
+            )),
+        }
+    }
+
     /// Whether node `r`'s ONNX tensor is batch-first.
     pub(super) fn batch_first(&self, r: NodeRef) -> bool {
         self.g.view(r).is_none()
@@ -613,17 +637,7 @@ impl Importer<'_> {
         if nodes.iter().all(|&r| self.batch_first(r)) {
             return translate(self, n, name, x);
         }
-        let view = self.view_of(x);
-        if let Some(&other) = nodes.iter().find(|&&r| self.view_of(r) != view) {
-            return Err(self.err(
-                n,
-                format!(
-                    "inputs laid out differently ({} and {}, the batch not first in one of them) are not supported",
-                    self.show_dims(x),
-                    self.show_dims(other)
-                ),
-            ));
-        }
+        let view = self.same_layout(n, x, &nodes)?;
         let with_axis = |default: i64| {
             let mut m = n.clone();
             if !m.attribute.iter().any(|a| a.name == "axis") {
@@ -827,17 +841,7 @@ impl Importer<'_> {
         a: NodeRef,
     ) -> Result<NodeRef> {
         let b = self.node_input(n, 1)?;
-        let view = self.view_of(a);
-        if self.view_of(b) != view {
-            return Err(self.err(
-                n,
-                format!(
-                    "MatMul of {} and {}, laid out differently, is not supported",
-                    self.show_dims(a),
-                    self.show_dims(b)
-                ),
-            ));
-        }
+        let view = self.same_layout(n, a, &[b])?;
         for r in [a, b] {
             for axis in [-2, -1] {
                 self.per_sample_axis(n, r, axis)?;
@@ -941,17 +945,7 @@ impl Importer<'_> {
         } else {
             self.with_batch_first_axes(n, x, &["axis"], false)?
         };
-        let view = self.view_of(x);
-        if let Some(&other) = refs.iter().find(|&&r| self.view_of(r) != view) {
-            return Err(self.err(
-                n,
-                format!(
-                    "Concat of {} and {}, laid out differently, is not supported",
-                    self.show_dims(x),
-                    self.show_dims(other)
-                ),
-            ));
-        }
+        let view = self.same_layout(n, x, &refs)?;
         let axis =
             Self::int(&m, "axis").ok_or_else(|| self.err(n, "Concat without axis".into()))?;
         let r = self
@@ -1184,17 +1178,7 @@ impl Importer<'_> {
                 self.per_sample_axis(n, x, axis)?;
             }
         }
-        let view = self.view_of(a);
-        if self.view_of(b) != view {
-            return Err(self.err(
-                n,
-                format!(
-                    "Einsum of {} and {}, laid out differently, is not supported",
-                    self.show_dims(a),
-                    self.show_dims(b)
-                ),
-            ));
-        }
+        let view = self.same_layout(n, a, &[b])?;
         let swap_last = |im: &mut Self, x: NodeRef, what: &str| -> Result<NodeRef> {
             let k = im.g.shape(x).rank();
             let mut perm: Vec<usize> = (0..k).collect();
